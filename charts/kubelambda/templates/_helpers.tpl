@@ -1,0 +1,26 @@
+{{/* Common labels; component is set per object (operator | gateway | invoker | queue). */}}
+{{- define "kubelambda.labels" -}}
+app.kubernetes.io/name: kubelambda
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kubelambda.selector" -}}
+app.kubernetes.io/name: kubelambda
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kubelambda.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{/* Runtime name -> image reference (JSON), for the operator. */}}
+{{- define "kubelambda.runtimeImages" -}}
+{{- $images := dict -}}
+{{- range $runtime, $repository := .Values.runtimeImages -}}
+{{- $_ := set $images $runtime (ternary $repository (printf "%s:%s" $repository $.Values.image.tag) (contains ":" $repository)) -}}
+{{- end -}}
+{{- toJson $images -}}
+{{- end -}}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make images`: builds every project image with the local Docker engine, tagged
+# kubelambda/<name>:$KUBELAMBDA_IMAGE_TAG. With no registry, the base images come from
+# hack/base-images.sh; Python dependencies are installed on the host into a cached site-packages
+# (keyed by pyproject.toml), so nothing inside a build reaches the network.
+set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+"$hack_dir/docker.sh"
+"$hack_dir/base-images.sh"
+
+context_root="$(mktemp -d)"
+trap 'rm -rf "$context_root"' EXIT
+package="$repo_root/operator/kubelambda"
+
+# build NAME DOCKERFILE_DIR: builds $context_root/NAME with DOCKERFILE_DIR's Dockerfile.
+build() {
+  docker_build -t "kubelambda/$1:$KUBELAMBDA_IMAGE_TAG" -f "$2/Dockerfile" "$context_root/$1"
+  log "built kubelambda/$1:$KUBELAMBDA_IMAGE_TAG"
+}
+
+# Agent-only package tree for the runtime images: kubelambda/__init__.py + kubelambda/agent/.
+agent_tree() {
+  mkdir -p "$1/agent/kubelambda"
+  cp "$package/__init__.py" "$1/agent/kubelambda/"
+  cp -r "$package/agent" "$1/agent/kubelambda/"
+  find "$1" -name __pycache__ -prune -exec rm -rf {} +
+}
+
+for runtime in python nodejs provided; do
+  case "$runtime" in
+    python) name=runtime-python3.11 ;;
+    nodejs) name=runtime-nodejs18 ;;
+    provided) name=runtime-provided ;;
+  esac
+  mkdir -p "$context_root/$name"
+  agent_tree "$context_root/$name"
+  cp "$repo_root/runtime-images/$runtime/"* "$context_root/$name/"
+  build "$name" "$repo_root/runtime-images/$runtime"
+done
+
+# Platform image: dependencies for CPython 3.11 on manylinux, resolved once per pyproject.toml.
+site_packages="$KUBELAMBDA_CACHE/site-packages/$(sha256sum "$repo_root/pyproject.toml" | cut -c1-12)"
+if [[ ! -d "$site_packages" ]]; then
+  log "installing the platform's Python dependencies into $site_packages"
+  requirements="$("$repo_root/.venv/bin/python" -c '
+import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+    "$repo_root/pyproject.toml")"
+  # shellcheck disable=SC2086
+  "$repo_root/.venv/bin/pip" install -q --target "$site_packages.tmp" --only-binary=:all: \
+    --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 $requirements
+  mv "$site_packages.tmp" "$site_packages"
+fi
+mkdir -p "$context_root/platform"
+cp -r "$site_packages" "$context_root/platform/site-packages"
+cp -r "$package" "$context_root/platform/kubelambda"
+find "$context_root/platform/kubelambda" -name __pycache__ -prune -exec rm -rf {} +
+build platform "$repo_root/operator"

@@ -1,0 +1,1 @@
+"""kubelambda: AWS-Lambda-compatible functions on Kubernetes."""

@@ -1,0 +1,103 @@
+"""The kubelambda.io/v1alpha1 API: pydantic models of the custom resources and their CRDs.
+
+Parse a resource's spec with e.g. ``FunctionSpec.model_validate(body["spec"])``; dump status with
+``status.model_dump(mode="json", exclude_none=True)`` (camelCase keys). ``make crds`` regenerates
+crds/ from these models, so the API server and the operator enforce the same rules.
+"""
+
+from kubelambda.api.alias import Alias, AliasRouting, AliasSpec, AliasStatus
+from kubelambda.api.apiroute import (
+    ApiKeyAuth,
+    ApiRoute,
+    ApiRouteSpec,
+    ApiRouteStatus,
+    AuthType,
+    Cors,
+    FunctionAuthorizer,
+    FunctionTarget,
+    HttpTarget,
+    JwtAuth,
+    PayloadFormat,
+    RouteAuth,
+    RouteTarget,
+    Throttling,
+)
+from kubelambda.api.base import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    ApiModel,
+    Condition,
+    ConditionStatus,
+    KindInfo,
+    ObjectMeta,
+    Runtime,
+)
+from kubelambda.api.code import CodeSource, ZipSource
+from kubelambda.api.function import (
+    AsyncConfig,
+    Concurrency,
+    Destination,
+    Environment,
+    Function,
+    FunctionSpec,
+    FunctionStatus,
+    FunctionVersion,
+    LayerRef,
+    Replicas,
+    Scaling,
+    SecretEnvVar,
+    SecretKeySelector,
+    is_reserved_env_name,
+)
+from kubelambda.api.layer import Layer, LayerSpec, LayerStatus, LayerVersion
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Alias",
+    "AliasRouting",
+    "AliasSpec",
+    "AliasStatus",
+    "ApiKeyAuth",
+    "ApiModel",
+    "ApiRoute",
+    "ApiRouteSpec",
+    "ApiRouteStatus",
+    "AsyncConfig",
+    "AuthType",
+    "CodeSource",
+    "Concurrency",
+    "Condition",
+    "ConditionStatus",
+    "Cors",
+    "Destination",
+    "Environment",
+    "Function",
+    "FunctionAuthorizer",
+    "FunctionSpec",
+    "FunctionStatus",
+    "FunctionTarget",
+    "FunctionVersion",
+    "HttpTarget",
+    "JwtAuth",
+    "KindInfo",
+    "Layer",
+    "LayerRef",
+    "LayerSpec",
+    "LayerStatus",
+    "LayerVersion",
+    "ObjectMeta",
+    "PayloadFormat",
+    "Replicas",
+    "RouteAuth",
+    "RouteTarget",
+    "Runtime",
+    "Scaling",
+    "SecretEnvVar",
+    "SecretKeySelector",
+    "Throttling",
+    "ZipSource",
+    "is_reserved_env_name",
+]

@@ -1,0 +1,1 @@
+"""The kopf operator: thin handlers that load models, call resources/ builders and apply."""

@@ -1,0 +1,3 @@
+from kubelambda.controller.main import main
+
+main()

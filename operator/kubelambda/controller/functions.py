@@ -1,0 +1,263 @@
+"""Reconcile a Function: versions, code, per-version Deployments and Services, status.
+
+Everything is derived from the cluster each time (ControllerRevisions are the record of
+published versions), so a reconcile interrupted anywhere is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubelambda.api import FunctionSpec
+from kubelambda.controller import kube
+from kubelambda.controller.config import OperatorConfig
+from kubelambda.resources.code import FileSet, files_config_map, files_sha256
+from kubelambda.resources.function import (
+    Workload,
+    function_arn,
+    function_deployment,
+    function_service,
+    owner_reference,
+    snapshot_sha256,
+    version_revision,
+    version_snapshot,
+)
+from kubelambda.resources.names import (
+    FUNCTION_LABEL,
+    LATEST,
+    SNAPSHOT_HASH_ANNOTATION,
+    VERSION_LABEL,
+    code_config_map_name,
+    layer_config_map_name,
+    version_slug,
+    workload_name,
+)
+from kubelambda.resources.status import CONFIGURED, Observation, ready_condition
+
+log = logging.getLogger(__name__)
+
+
+class NotReadyYet(Exception):
+    """A dependency (e.g. a Layer version) is missing; retry later. The message says which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validation_message(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+
+
+def aliased_versions(namespace: str, function: str) -> set[str]:
+    """Published versions that some Alias of ``function`` points to (their pods must stay)."""
+    versions: set[str] = set()
+    for alias in kube.list_objects(kube.GROUP_VERSION, "Alias", namespace, {}):
+        spec = alias.get("spec") or {}
+        if spec.get("function") == function:
+            versions.add(str(spec.get("version")))
+            additional = (spec.get("routing") or {}).get("additionalVersion")
+            if additional:
+                versions.add(str(additional))
+    versions.discard(LATEST)
+    return versions
+
+
+@dataclass
+class FunctionReconcile:
+    """One pass over one Function."""
+
+    body: Mapping[str, Any]
+    config: OperatorConfig
+    observation: Observation = field(init=False)
+    versions: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        status = self.body.get("status") or {}
+        self.observation = Observation(
+            status.get("conditions") or [], self.body["metadata"].get("generation"), now()
+        )
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    def run(self) -> None:
+        """Bring children and status in line with the spec. Raises NotReadyYet to retry later."""
+        try:
+            spec = FunctionSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError as error:
+            # Invalid input never becomes a crash loop: report it and wait for a new spec.
+            self.not_configured("InvalidSpec", validation_message(error))
+            return
+        self.versions = self.published_versions()
+        try:
+            self.publish_if_changed(spec)
+            latest = self.deploy(LATEST, spec)
+            wanted = aliased_versions(self.namespace, self.name) & {str(v) for v in self.versions}
+            for version in sorted(wanted, key=int):
+                self.deploy(
+                    version, FunctionSpec.model_validate(self.versions[int(version)]["data"])
+                )
+            self.remove_unused_workloads({LATEST, *wanted})
+        except NotReadyYet as problem:
+            self.not_configured(problem.reason, str(problem))
+            raise
+        configured = self.observation.condition(CONFIGURED, ok=True, reason="Reconciled")
+        self.write_status(configured, latest)
+
+    def published_versions(self) -> dict[int, dict[str, Any]]:
+        """Version number -> its ControllerRevision."""
+        revisions = kube.list_objects(
+            "apps/v1", "ControllerRevision", self.namespace, {FUNCTION_LABEL: self.name}
+        )
+        return {int(r["revision"]): r for r in revisions}
+
+    def publish_if_changed(self, spec: FunctionSpec) -> None:
+        """With spec.publish, freeze code+config as version N+1 unless version N already is it."""
+        if not spec.publish:
+            return
+        snapshot = version_snapshot(spec)
+        latest = max(self.versions, default=0)
+        if latest and self.snapshot_hash(latest) == snapshot_sha256(snapshot):
+            return
+        revision = version_revision(self.name, latest + 1, snapshot, self.body)
+        if kube.create(revision, self.namespace):
+            log.info("published %s/%s version %d", self.namespace, self.name, latest + 1)
+        self.versions[latest + 1] = revision
+
+    def snapshot_hash(self, version: int) -> str:
+        return str(self.versions[version]["metadata"]["annotations"][SNAPSHOT_HASH_ANNOTATION])
+
+    def ensure_code(self, spec: FunctionSpec) -> FileSet | None:
+        """The inline code's ConfigMap (created once: content-addressed and immutable)."""
+        if spec.code.image is not None:
+            return None
+        if spec.code.inline is None:
+            raise NotReadyYet(
+                "CodeSourceUnsupported",
+                "zip code needs the in-cluster code store, which this operator version does not"
+                " run yet; use code.inline or code.image",
+            )
+        name = code_config_map_name(self.name, files_sha256(spec.code.inline))
+        config_map = files_config_map(
+            name, spec.code.inline, {FUNCTION_LABEL: self.name}, owner_reference(self.body)
+        )
+        kube.create(config_map, self.namespace)
+        return FileSet.from_config_map(config_map)
+
+    def resolve_layers(self, spec: FunctionSpec) -> list[FileSet]:
+        layers = []
+        for ref in spec.layers:
+            name = layer_config_map_name(ref.name, ref.version)
+            config_map = kube.get("v1", "ConfigMap", name, self.namespace)
+            if config_map is None:
+                raise NotReadyYet(
+                    "LayerNotFound", f"layer {ref.name} version {ref.version} does not exist"
+                )
+            layers.append(FileSet.from_config_map(config_map))
+        return layers
+
+    def deploy(self, version: str, spec: FunctionSpec) -> dict[str, Any]:
+        """Apply the Deployment and Service of one version; returns the Deployment as applied."""
+        runtime_image = self.config.runtime_images[spec.runtime.value] if spec.runtime else ""
+        workload = Workload(
+            function=self.name,
+            version=version,
+            spec=spec,
+            image=spec.code.image or runtime_image,
+            function_arn=function_arn(self.config.region, self.name),
+            owner=self.body,
+            replicas=max(1, spec.scaling.min_instances),
+            code=self.ensure_code(spec),
+            layers=self.resolve_layers(spec),
+            region=self.config.region,
+        )
+        deployment = kube.apply(function_deployment(workload), self.namespace)
+        kube.apply(function_service(self.name, version, self.body), self.namespace)
+        return deployment
+
+    def remove_unused_workloads(self, keep: set[str]) -> None:
+        """Delete Deployments/Services of versions no alias uses any more ($LATEST stays)."""
+        keep_slugs = {version_slug(v) for v in keep}
+        for deployment in kube.list_objects(
+            "apps/v1", "Deployment", self.namespace, {FUNCTION_LABEL: self.name}
+        ):
+            if deployment["metadata"]["labels"].get(VERSION_LABEL) not in keep_slugs:
+                name = deployment["metadata"]["name"]
+                log.info("removing %s/%s: no alias uses it", self.namespace, name)
+                kube.delete("apps/v1", "Deployment", name, self.namespace)
+                kube.delete("v1", "Service", name, self.namespace)
+
+    def not_configured(self, reason: str, message: str) -> None:
+        configured = self.observation.condition(
+            CONFIGURED, ok=False, reason=reason, message=message
+        )
+        self.write_status(configured, None)
+
+    def write_status(self, configured: Mapping[str, Any], latest: Mapping[str, Any] | None) -> None:
+        observation = self.observation.with_updates(configured)
+        conditions = observation.merged(ready_condition(observation, latest))
+        status: dict[str, Any] = {
+            "observedGeneration": self.observation.generation,
+            "conditions": conditions,
+            "latestVersion": max(self.versions, default=0),
+            "versions": [{"version": LATEST}]
+            + [
+                {
+                    "version": str(number),
+                    "revision": revision["metadata"]["name"],
+                    "codeSha256": self.snapshot_hash(number),
+                }
+                for number, revision in sorted(self.versions.items())
+            ],
+        }
+        if latest is not None:
+            status["replicas"] = replicas_status(latest)
+            status["url"] = f"http://{workload_name(self.name, LATEST)}.{self.namespace}.svc:8080"
+        kube.patch_status("Function", self.name, self.namespace, status)
+
+
+def reconcile_function(body: Mapping[str, Any], config: OperatorConfig) -> None:
+    FunctionReconcile(body, config).run()
+
+
+def replicas_status(deployment: Mapping[str, Any]) -> dict[str, int]:
+    status = deployment.get("status") or {}
+    return {
+        "desired": int(deployment.get("spec", {}).get("replicas") or 0),
+        "ready": int(status.get("readyReplicas") or 0),
+    }
+
+
+def refresh_readiness(
+    namespace: str, function: str, latest_deployment: Mapping[str, Any] | None
+) -> None:
+    """Recompute Ready and replicas after the $LATEST Deployment changed."""
+    body = kube.get(kube.GROUP_VERSION, "Function", function, namespace)
+    if body is None:
+        return
+    status = body.get("status") or {}
+    observation = Observation(
+        status.get("conditions") or [], status.get("observedGeneration"), now()
+    )
+    update: dict[str, Any] = {
+        "conditions": observation.merged(ready_condition(observation, latest_deployment))
+    }
+    if latest_deployment is not None:
+        update["replicas"] = replicas_status(latest_deployment)
+    kube.patch_status("Function", function, namespace, update)

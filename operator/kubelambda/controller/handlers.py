@@ -1,0 +1,73 @@
+"""kopf registrations. Each handler only finds the object and calls the reconcile function."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubelambda.controller import kube
+from kubelambda.controller.config import OperatorConfig
+from kubelambda.controller.functions import NotReadyYet, reconcile_function, refresh_readiness
+from kubelambda.controller.layers import reconcile_layer
+from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL
+
+GROUP, VERSION = "kubelambda.io", "v1alpha1"
+RETRY_SECONDS = 10
+CONFIG = OperatorConfig.from_env()
+
+
+def _reconcile(body: Mapping[str, Any]) -> None:
+    try:
+        reconcile_function(body, CONFIG)
+    except NotReadyYet as problem:
+        raise kopf.TemporaryError(str(problem), delay=RETRY_SECONDS) from problem
+
+
+@kopf.on.resume(GROUP, VERSION, "functions")
+@kopf.on.create(GROUP, VERSION, "functions")
+@kopf.on.update(GROUP, VERSION, "functions")
+def function_changed(body: kopf.Body, **_: Any) -> None:
+    _reconcile(body)
+
+
+@kopf.on.resume(GROUP, VERSION, "layers")
+@kopf.on.create(GROUP, VERSION, "layers")
+@kopf.on.update(GROUP, VERSION, "layers")
+def layer_changed(body: kopf.Body, **_: Any) -> None:
+    reconcile_layer(body)
+
+
+@kopf.on.create(GROUP, VERSION, "aliases")
+@kopf.on.update(GROUP, VERSION, "aliases")
+@kopf.on.delete(GROUP, VERSION, "aliases", optional=True)
+def alias_changed(spec: kopf.Spec, namespace: str | None, old: Any, **_: Any) -> None:
+    """An alias decides which versions keep pods: reconcile the function(s) it points to."""
+    functions = {spec.get("function")}
+    if old:
+        functions.add((old.get("spec") or {}).get("function"))
+    for name in filter(None, functions):
+        function = kube.get(kube.GROUP_VERSION, "Function", str(name), str(namespace))
+        if function is not None:
+            _reconcile(function)
+
+
+@kopf.on.event(
+    "apps", "v1", "deployments", labels={FUNCTION_LABEL: kopf.PRESENT, VERSION_LABEL: "latest"}
+)
+def latest_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """Pods of $LATEST became ready (or went away): refresh the Function's Ready condition."""
+    deployment = event["object"]
+    metadata = deployment["metadata"]
+    namespace, name = metadata["namespace"], metadata["labels"][FUNCTION_LABEL]
+    if event["type"] != "DELETED":
+        refresh_readiness(namespace, name, deployment)
+        return
+    # Deleted from under a live Function (not by garbage collection): put it back.
+    function = kube.get(kube.GROUP_VERSION, "Function", name, namespace)
+    if function is not None and not function["metadata"].get("deletionTimestamp"):
+        try:
+            reconcile_function(function, CONFIG)
+        except NotReadyYet:
+            refresh_readiness(namespace, name, None)

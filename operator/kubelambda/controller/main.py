@@ -1,0 +1,52 @@
+"""Entry point: ``python -m kubelambda.controller`` runs the operator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from kubelambda.controller import handlers  # noqa: F401  (importing registers the handlers)
+from kubelambda.controller.config import OperatorConfig
+
+PREFIX = "kubelambda.io"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handler progress lives in annotations under our own prefix (status fields not in the CRD
+    # schema would be pruned); no finalizers: children go with their owner through garbage
+    # collection, so a stopped operator never blocks a delete.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Watches must not hang forever on a silently dropped connection.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    settings.peering.standalone = True
+
+
+def main() -> None:
+    config = OperatorConfig.from_env()
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not config.watch_namespaces,
+            namespaces=list(config.watch_namespaces),
+            liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+            standalone=True,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure builders: kubelambda models in, Kubernetes object dicts out (no API calls, no clock)."""

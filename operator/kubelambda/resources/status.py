@@ -1,0 +1,74 @@
+"""Status conditions, computed from what the operator observed (time passed in, never read)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+READY = "Ready"
+CONFIGURED = "Configured"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a condition is computed against: the conditions so far, generation and time."""
+
+    previous: Sequence[Mapping[str, Any]]
+    generation: int | None
+    now: str
+
+    def condition(self, type_: str, *, ok: bool, reason: str, message: str = "") -> dict[str, Any]:
+        """A metav1.Condition-shaped dict; lastTransitionTime moves only when the status flips."""
+        status = "True" if ok else "False"
+        prior = next((c for c in self.previous if c.get("type") == type_), None)
+        unchanged = prior is not None and prior.get("status") == status
+        return {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": self.generation,
+            "lastTransitionTime": prior["lastTransitionTime"] if unchanged and prior else self.now,
+        }
+
+    def merged(self, *updates: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The previous conditions with each update replacing the one of its type."""
+        by_type = {c["type"]: dict(c) for c in self.previous}
+        by_type.update({c["type"]: dict(c) for c in updates})
+        return sorted(by_type.values(), key=lambda c: str(c["type"]))
+
+    def with_updates(self, *updates: Mapping[str, Any]) -> Observation:
+        return Observation(self.merged(*updates), self.generation, self.now)
+
+
+def deployment_rollout(deployment: Mapping[str, Any] | None) -> tuple[int, int, bool]:
+    """(desired, ready, rolled_out) of a Deployment; rolled out: all desired pods current+ready."""
+    if deployment is None:
+        return 0, 0, False
+    spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    observed = int(status.get("observedGeneration") or 0)
+    generation = int(deployment.get("metadata", {}).get("generation") or 0)
+    current = observed >= generation and updated >= spec_replicas
+    return spec_replicas, ready, current and ready >= spec_replicas
+
+
+def ready_condition(
+    observation: Observation, latest_deployment: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Ready: the function is configured and its $LATEST pods are rolled out and ready."""
+    configured = next((c for c in observation.previous if c.get("type") == CONFIGURED), None)
+    if configured is not None and configured.get("status") != "True":
+        return observation.condition(
+            READY, ok=False, reason=str(configured["reason"]), message=str(configured["message"])
+        )
+    desired, ready, rolled_out = deployment_rollout(latest_deployment)
+    return observation.condition(
+        READY,
+        ok=rolled_out,
+        reason="Available" if rolled_out else "Deploying",
+        message=f"{ready}/{desired} pods ready",
+    )

@@ -1,0 +1,38 @@
+"""Fixtures for the e2e suite: it runs against the cluster at $KUBECONFIG (``make cluster-up``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.kube import kubectl
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
+TOOLBOX_IMAGE = f"kubelambda/toolbox:{IMAGE_TAG}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/e2e needs the cluster: mark it so `-m e2e` selects it all.
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cluster_reachable() -> None:
+    os.environ.setdefault("KUBECONFIG", str(REPO_ROOT / ".cluster" / "kubeconfig"))
+    kubectl("get", "--raw", "/readyz")
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
