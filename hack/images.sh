@@ -46,7 +46,7 @@ if [[ ! -d "$site_packages" ]]; then
 import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
     "$repo_root/pyproject.toml")"
   # shellcheck disable=SC2086
-  "$repo_root/.venv/bin/pip" install -q --target "$site_packages.tmp" --only-binary=:all: \
+  "$repo_root/.venv/bin/pip" install -q --no-warn-conflicts --target "$site_packages.tmp" --only-binary=:all: \
     --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 $requirements
   mv "$site_packages.tmp" "$site_packages"
 fi

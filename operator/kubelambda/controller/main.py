@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -44,6 +45,8 @@ def main() -> None:
             namespaces=list(config.watch_namespaces),
             liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
             standalone=True,
+            # kopf would derive this from the user name, which a bare UID (10001) lacks.
+            identity=f"kubelambda-operator@{socket.gethostname()}",
         )
     )
 

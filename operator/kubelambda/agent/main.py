@@ -1,0 +1,93 @@
+"""Agent entry point: wires the servers, the runtime slots and shutdown together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from kubelambda.agent.config import AgentConfig, ConfigError, load_config
+from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from kubelambda.agent.httpio import serve as serve_http
+from kubelambda.agent.invoke import InvokeEndpoint
+from kubelambda.agent.procs import Reaper
+from kubelambda.agent.runtime import RuntimeSlot
+from kubelambda.agent.runtime_api import RuntimeApi
+
+TICK_S = 0.25  # held log lines, peak-RSS sampling of running invocations (OOM evidence)
+TERM_GRACE_S = 1.0  # SIGTERM -> SIGKILL for runtimes at shutdown
+FLUSH_LIMIT_S = 5.0  # at shutdown, for answers still being written to slow clients
+_POLL_S = 0.02
+
+
+async def _tick(slots: list[RuntimeSlot]) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        for slot in slots:
+            slot.tick()
+
+
+async def _wait_until(condition: Callable[[], bool], limit_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not condition() and loop.time() < end:
+        await asyncio.sleep(_POLL_S)
+
+
+async def _stop_runtimes(slots: list[RuntimeSlot]) -> None:
+    for slot in slots:
+        slot.terminate()
+    await _wait_until(lambda: not any(s.alive for s in slots), TERM_GRACE_S)
+    for slot in slots:
+        slot.kill()
+    await _wait_until(lambda: not any(s.alive for s in slots), TERM_GRACE_S)
+
+
+async def serve(config: AgentConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reaper = Reaper()
+    loop.add_signal_handler(signal.SIGCHLD, reaper.reap)
+
+    slots = [RuntimeSlot(i, config, reaper) for i in range(config.concurrency)]
+    api_servers = [
+        await serve_http(RuntimeApi(slot).handle, "127.0.0.1", slot.port, MAX_RESPONSE_BYTES)
+        for slot in slots
+    ]
+    endpoint = InvokeEndpoint(config, slots)
+    server = await serve_http(endpoint.handle, "0.0.0.0", config.invoke_port, MAX_REQUEST_BYTES)
+    for slot in slots:  # only once every port is bound: a bind failure leaves no orphans
+        slot.spawn()
+    ticker = asyncio.create_task(_tick(slots))
+    print(
+        f"kubelambda-agent: {config.function_name}:{config.version} ({config.runtime}), "
+        f"{config.concurrency} runtime(s), invoke port {config.invoke_port}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    await stop.wait()
+    # Graceful shutdown: refuse new work, let in-flight invocations finish (each is bounded
+    # by its timeout), then stop the runtimes.
+    server.close()
+    endpoint.draining = True
+    await _wait_until(lambda: endpoint.active == 0, float("inf"))
+    await _wait_until(lambda: server.flushed, FLUSH_LIMIT_S)
+    ticker.cancel()
+    await _stop_runtimes(slots)
+    for api_server in api_servers:
+        api_server.close()
+
+
+def main() -> int:
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"kubelambda-agent: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config))
+    return 0

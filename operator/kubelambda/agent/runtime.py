@@ -1,0 +1,488 @@
+"""A runtime slot: one language runtime process and the invocation it is working on.
+
+Lifecycle of a slot's process: spawned -> calls /next (initialized) -> serves invocations one
+at a time. A timeout kills its process group and answers ``Sandbox.Timedout``; an unexpected
+exit answers ``Runtime.ExitError`` / ``Runtime.OutOfMemory`` for the running invocation. After
+either, an initialized runtime is restarted at once (the next REPORT carries Init Duration).
+A runtime that fails during init is restarted lazily, by the next invocation assigned to it,
+so a broken function re-runs its init per invocation like Lambda instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+from kubelambda.agent import errors, logs, procs
+from kubelambda.agent.config import AgentConfig
+from kubelambda.agent.httpio import Connection, Request, Response, json_response
+
+# Lambda's init phase limit: an invocation waiting for a cold start may use it on top of its
+# timeout before the agent gives up on the runtime.
+INIT_GRACE_S = 10.0
+# How long a runtime that reported an init error may take to exit by itself.
+INIT_ERROR_EXIT_GRACE_S = 1.0
+# A SIGKILLed runtime whose sampled peak RSS reached this share of the memory size is
+# reported as out of memory even without cgroup evidence.
+OOM_RSS_SHARE = 0.9
+
+_ACCEPTED = json_response(202, errors.STATUS_OK)
+_INVALID_ID = json_response(400, errors.INVALID_REQUEST_ID)
+_TOO_LARGE = json_response(413, errors.PAYLOAD_TOO_LARGE)
+_INVALID_STATE = json_response(403, errors.INVALID_STATE)
+_READ_SIZE = 65536
+
+
+class Invocation:
+    """One synchronous invocation, from the invoke endpoint to the runtime and back."""
+
+    __slots__ = (
+        "client_context",
+        "cognito_identity",
+        "deadline_ms",
+        "event",
+        "invoked_arn",
+        "on_complete",
+        "request_id",
+        "responder",
+        "started",
+        "tail",
+        "timer",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        event: bytes,
+        invoked_arn: str,
+        trace_id: str,
+        *,
+        responder: Connection,
+        on_complete: Callable[[Invocation, bytes, bool], None],
+        deadline_ms: int | None = None,
+        client_context: str | None = None,
+        cognito_identity: str | None = None,
+        tail: bool = False,
+    ) -> None:
+        self.request_id = request_id
+        self.event = event
+        self.invoked_arn = invoked_arn
+        self.trace_id = trace_id
+        self.deadline_ms = deadline_ms
+        self.client_context = client_context
+        self.cognito_identity = cognito_identity
+        self.tail: bytearray | None = bytearray() if tail else None
+        self.responder = responder
+        """The invoke endpoint's connection, answered by ``on_complete(inv, body, error)``."""
+        self.on_complete = on_complete
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def next_response(self) -> Response:
+        """The Runtime API's answer to GET /runtime/invocation/next."""
+        head = (
+            "Content-Type: application/json\r\n"
+            f"Lambda-Runtime-Aws-Request-Id: {self.request_id}\r\n"
+            f"Lambda-Runtime-Deadline-Ms: {self.deadline_ms}\r\n"
+            f"Lambda-Runtime-Invoked-Function-Arn: {self.invoked_arn}\r\n"
+            f"Lambda-Runtime-Trace-Id: {self.trace_id}\r\n"
+        )
+        if self.client_context is not None:
+            head += f"Lambda-Runtime-Client-Context: {self.client_context}\r\n"
+        if self.cognito_identity is not None:
+            head += f"Lambda-Runtime-Cognito-Identity: {self.cognito_identity}\r\n"
+        return Response(200, head.encode(), self.event)
+
+
+def log_stream_name(version: str) -> str:
+    return f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{version}]{uuid.uuid4().hex}"
+
+
+class RuntimeSlot:
+    def __init__(self, index: int, config: AgentConfig, reaper: procs.Reaper) -> None:
+        self.index = index
+        self.port = config.runtime_api_port + index
+        self._config = config
+        self._reaper = reaper
+        self._loop = asyncio.get_running_loop()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._memory: procs.MemoryProbe | None = None
+        self._fd = -1
+        self._echo = logs.LineEcho()
+        # Agent log lines not yet written: START waits for the next write (runtime output,
+        # END/REPORT or the periodic tick) to save a syscall per invocation.
+        self._held = b""
+        self._spawned_at = 0.0
+        self._initialized = False
+        # The process is going away (it reported an init error, or the agent killed it);
+        # an invocation assigned since then waits for a fresh process.
+        self._doomed = False
+        self._init_ms: float | None = None  # pending for the next REPORT
+        self._oom_baseline = 0
+        self._idle_kb = 0  # RSS after init: the floor of what a crashed runtime used
+        self._peak_kb = 0  # sampled while an invocation runs
+        self._waiter: Connection | None = None  # a runtime blocked in GET /next
+        self._delivered = False
+        self._stopping = False
+        self.current: Invocation | None = None
+        self.settled = False
+        """The first init attempt has concluded (ready, failed or crashed)."""
+
+    # --- state seen by the invoke endpoint -------------------------------------------------
+
+    @property
+    def free(self) -> bool:
+        return self.current is None and not self._stopping
+
+    @property
+    def warm(self) -> bool:
+        """A runtime is blocked in /next: an invocation starts without delay."""
+        return self._waiter is not None and not self._waiter.closed
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None
+
+    # --- process lifecycle -----------------------------------------------------------------
+
+    def spawn(self) -> None:
+        env = dict(self._config.runtime_env)
+        env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{self.port}"
+        env["AWS_LAMBDA_LOG_STREAM_NAME"] = log_stream_name(self._config.version)
+        cwd = self._config.task_root if os.path.isdir(self._config.task_root) else None
+        self._initialized = False
+        self._doomed = False
+        self._init_ms = None
+        self._idle_kb = self._peak_kb = 0
+        self._oom_baseline = procs.cgroup_oom_kills()
+        self._spawned_at = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                self._config.command,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a timeout kills the whole process group
+            )
+        except OSError as exc:
+            self._spawn_failed(exc)
+            return
+        assert proc.stdout is not None  # stdout=PIPE
+        self._proc = proc
+        self._memory = procs.MemoryProbe(proc.pid)
+        procs.prefer_for_oom_kill(proc.pid)
+        self._fd = proc.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._on_output)
+        self._reaper.watch(proc.pid, self._on_exit)
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        self.settled = True
+        if self._config.bootstrap_candidates:
+            candidates = " ".join(self._config.bootstrap_candidates)
+            message = f"Couldn't find valid bootstrap(s): [{candidates}]"
+        else:
+            message = f"{exc.strerror}: {exc.filename}"
+        logs.write_stdout(f"Runtime.InvalidEntrypoint: {message}\n".encode())
+        inv = self.current
+        if inv is not None:
+            status = "Status: error\tError Type: Runtime.InvalidEntrypoint"
+            self._finish(inv, errors.invalid_entrypoint(inv.request_id, message), True, status)
+
+    def terminate(self) -> None:
+        """Shutdown: ask the runtime to exit; no restart after this."""
+        self._stopping = True
+        if self._proc is not None:
+            procs.kill_group(self._proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            procs.kill_group(self._proc.pid)
+
+    def _on_exit(self, code: int) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.returncode = code  # reaped by the agent's Reaper, not by Popen
+        self._close_output(proc)
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+        procs.kill_group(proc.pid)  # leftovers of the runtime's process group
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        inv = self.current
+        initialized = self._initialized
+        waiting = inv is not None and not (self._delivered or self._stopping)
+        if waiting and (initialized or self._doomed):
+            # Assigned after this process served its last invocation, reported its init
+            # error or was killed: it gets a fresh process, not this one's failure.
+            self.spawn()
+            return
+        if inv is not None:
+            body, status = self._exit_error(inv, code)
+            # Answering may hand this slot its next invocation, which spawns a process.
+            self._finish(inv, body, True, status, peak_kb=self._peak_kb)
+        if self._stopping:
+            return
+        if not initialized:
+            self.settled = True  # restarted lazily, by the next invocation
+        elif self._proc is None:
+            self.spawn()
+
+    def _exit_error(self, inv: Invocation, code: int) -> tuple[bytes, str]:
+        request_id = inv.request_id
+        if code == -signal.SIGKILL and (
+            procs.cgroup_oom_kills() > self._oom_baseline
+            or self._peak_kb >= self._config.memory_mb * 1024 * OOM_RSS_SHARE
+        ):
+            status = "Status: error\tError Type: Runtime.OutOfMemory"
+            return errors.out_of_memory(request_id), status
+        how = procs.describe_exit(code)
+        line = (
+            f"RequestId: {request_id} Error: Runtime exited with error: {how}\nRuntime.ExitError\n"
+        )
+        self._log(inv, line.encode())
+        return errors.exited(request_id, how), "Status: error\tError Type: Runtime.ExitError"
+
+    # --- runtime output --------------------------------------------------------------------
+
+    def _on_output(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._consume(data)
+        else:
+            self._loop.remove_reader(self._fd)
+
+    def _log(self, inv: Invocation, line: bytes, hold: bool = False) -> None:
+        if inv.tail is not None:
+            inv.tail += line
+        self._held += line
+        if not hold:
+            self.flush_log()
+
+    def flush_log(self) -> None:
+        if self._held:
+            logs.write_stdout(self._held)
+            self._held = b""
+
+    def _consume(self, data: bytes) -> None:
+        self.flush_log()
+        inv = self.current
+        if inv is not None and inv.tail is not None:
+            inv.tail += data
+            if len(inv.tail) > 2 * logs.TAIL_BYTES:
+                del inv.tail[: -logs.TAIL_BYTES]
+        self._echo.feed(data)
+
+    def _drain_output(self) -> None:
+        """Take what the runtime wrote before its last Runtime API call, in order."""
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._consume(data)
+
+    def _close_output(self, proc: subprocess.Popen[bytes]) -> None:
+        self._drain_output()
+        self._echo.flush()
+        self._loop.remove_reader(self._fd)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._fd = -1
+
+    # --- invocations -----------------------------------------------------------------------
+
+    def assign(self, inv: Invocation) -> None:
+        """Give the (free) slot an invocation; it starts as soon as the runtime asks for it."""
+        self.current = inv
+        self._delivered = False
+        if inv.deadline_ms is not None:
+            self._arm(inv, inv.deadline_ms / 1000 - time.time())
+        waiter = self._waiter
+        if waiter is not None and not waiter.closed:
+            self._waiter = None
+            self._deliver(inv)
+            waiter.respond(inv.next_response())
+            return
+        if inv.deadline_ms is None:
+            self._arm(inv, self._config.timeout_s + INIT_GRACE_S)
+        if self._proc is None and not self._stopping:
+            self.spawn()
+
+    def _arm(self, inv: Invocation, delay: float) -> None:
+        if inv.timer is not None:
+            inv.timer.cancel()
+        inv.timer = self._loop.call_later(max(delay, 0.0), self._on_timeout, inv)
+
+    def _deliver(self, inv: Invocation) -> None:
+        if inv.deadline_ms is None:
+            inv.deadline_ms = int((time.time() + self._config.timeout_s) * 1000)
+            self._arm(inv, self._config.timeout_s)
+        self._delivered = True
+        self._peak_kb = self._idle_kb
+        inv.started = time.perf_counter()
+        self._log(inv, logs.start_line(inv.request_id, self._config.version), hold=True)
+
+    def next_invocation(self, runtime: Connection) -> None:
+        """GET /next: answer with the assigned invocation, or hold the request until one."""
+        if not self._initialized:
+            self._initialized = True
+            self.settled = True
+            self._init_ms = (time.perf_counter() - self._spawned_at) * 1000
+            if self._memory is not None:
+                self._idle_kb = self._memory.peak_kb()
+        inv = self.current
+        if inv is not None and not self._delivered:
+            self._deliver(inv)
+            runtime.respond(inv.next_response())
+            return
+        if self._waiter is not None and self._waiter is not runtime:
+            self._waiter.close()  # a newer /next supersedes an abandoned one
+        self._waiter = runtime
+
+    def _running(self, request_id: str) -> Invocation | None:
+        inv = self.current
+        if inv is None or not self._delivered or inv.request_id != request_id:
+            return None
+        return inv
+
+    def post_response(self, request_id: str, request: Request) -> Response:
+        inv = self._running(request_id)
+        if inv is None:
+            return _INVALID_ID
+        if request.too_large:
+            status = "Status: error\tError Type: Function.ResponseSizeTooLarge"
+            self._finish(inv, errors.RESPONSE_TOO_LARGE, True, status)
+            return _TOO_LARGE
+        self._finish(inv, request.body, False)
+        return _ACCEPTED
+
+    def post_error(self, request_id: str, request: Request) -> Response:
+        inv = self._running(request_id)
+        if inv is None:
+            return _INVALID_ID
+        self._finish(inv, _error_body(request), True)
+        return _ACCEPTED
+
+    def post_init_error(self, request: Request) -> Response:
+        if self._initialized:
+            return _INVALID_STATE
+        self.settled = True
+        self._doomed = True
+        proc = self._proc
+        if proc is not None:
+            self._loop.call_later(INIT_ERROR_EXIT_GRACE_S, self._kill_if_current, proc)
+        inv = self.current
+        if inv is not None:
+            error_type = _error_type(request)
+            status = f"Status: error\tError Type: {error_type}"
+            self._finish(inv, _error_body(request), True, status)
+        return _ACCEPTED
+
+    def _kill_if_current(self, proc: subprocess.Popen[bytes]) -> None:
+        if self._proc is proc:
+            procs.kill_group(proc.pid)
+
+    def _on_timeout(self, inv: Invocation) -> None:
+        if self.current is not inv:
+            return
+        peak_kb = None
+        if self._memory is not None:
+            peak_kb = self._memory.peak_kb()
+        if self._proc is not None:
+            procs.kill_group(self._proc.pid)
+            self._doomed = True
+        timeout = self._config.timeout_s
+        line = f"{logs.timestamp()} {inv.request_id} Task timed out after {timeout:.2f} seconds\n"
+        self._log(inv, line.encode())
+        self._finish(
+            inv, errors.timed_out(inv.request_id, timeout), True, "Status: timeout", peak_kb
+        )
+
+    def tick(self) -> None:
+        """Periodic: write a held START line; sample the peak RSS of a running invocation
+        (evidence for OOM detection)."""
+        self.flush_log()
+        if self._delivered and self._memory is not None:
+            self._peak_kb = max(self._peak_kb, self._memory.peak_kb())
+
+    def _finish(
+        self,
+        inv: Invocation,
+        body: bytes,
+        function_error: bool,
+        status: str | None = None,
+        peak_kb: int | None = None,
+    ) -> None:
+        """Complete the current invocation and free the slot."""
+        if inv.timer is not None:
+            inv.timer.cancel()
+        if not self._delivered:  # failed before the runtime took it (cold start failure)
+            inv.started = time.perf_counter()
+            self._log(inv, logs.start_line(inv.request_id, self._config.version))
+        self.current = None
+        self._delivered = False
+        self._drain_output()
+        self._echo.flush()
+        duration_ms = (time.perf_counter() - inv.started) * 1000
+        init_ms, self._init_ms = self._init_ms, None
+        if inv.tail is None:
+            # Answer first: the /proc reads and log lines are not on the caller's path.
+            inv.on_complete(inv, body, function_error)
+            self._report(inv, duration_ms, init_ms, status, peak_kb)
+        else:
+            self._report(inv, duration_ms, init_ms, status, peak_kb)
+            inv.on_complete(inv, body, function_error)
+
+    def _report(
+        self,
+        inv: Invocation,
+        duration_ms: float,
+        init_ms: float | None,
+        status: str | None,
+        peak_kb: int | None,
+    ) -> None:
+        if peak_kb is None:
+            peak_kb = 0 if self._memory is None else self._memory.peak_kb(reset=True)
+        max_used_mb = (peak_kb + 1023) // 1024
+        self._log(
+            inv,
+            logs.end_line(inv.request_id)
+            + logs.report_line(
+                inv.request_id,
+                duration_ms=duration_ms,
+                memory_mb=self._config.memory_mb,
+                max_used_mb=max_used_mb,
+                init_ms=init_ms,
+                status=status,
+            ),
+        )
+
+
+def _error_type(request: Request) -> str:
+    return request.headers.get("lambda-runtime-function-error-type") or "Runtime.Unknown"
+
+
+def _error_body(request: Request) -> bytes:
+    """The runtime's error document, as Lambda returns it; synthesized if it sent none."""
+    if request.body.strip():
+        return request.body
+    return errors.function_error(_error_type(request), "")

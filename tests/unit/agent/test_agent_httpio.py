@@ -1,0 +1,136 @@
+"""The agent's HTTP/1.1 server in-process: framing, keep-alive, limits, malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kubelambda.agent.httpio import (
+    HEAD_LIMIT,
+    Connection,
+    Request,
+    Response,
+    json_response,
+    serve,
+)
+
+
+def _echo(request: Request, conn: Connection) -> None:
+    if request.too_large:
+        conn.respond(json_response(413, b'{"too":"large"}'))
+        return
+    if request.target == "/boom":
+        raise RuntimeError("handler bug")
+    head = f"X-Method: {request.method}\r\nX-Target: {request.target}\r\n".encode()
+    response = Response(200, head, request.body)
+    if request.target.startswith("/later"):  # answered asynchronously, like an invocation
+        asyncio.get_running_loop().call_later(0.05, conn.respond, response)
+    else:
+        conn.respond(response)
+
+
+async def _exchange(data: bytes, max_body: int = 100, chunks: int = 1) -> bytes:
+    server = await serve(_echo, "127.0.0.1", 0, max_body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    step = max(1, len(data) // chunks)
+    for i in range(0, len(data), step):  # also exercises requests split across reads
+        writer.write(data[i : i + step])
+        await writer.drain()
+    writer.write_eof()
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    return reply
+
+
+def exchange(data: bytes, max_body: int = 100, chunks: int = 1) -> bytes:
+    return asyncio.run(_exchange(data, max_body, chunks))
+
+
+def test_content_length_and_keep_alive_pipelining():
+    reply = exchange(
+        b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        chunks=7,
+    )
+    first, second = reply.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert first == b"X-Method: POST\r\nX-Target: /a\r\nContent-Length: 3\r\n\r\nabc"
+    assert second == b"X-Method: GET\r\nX-Target: /b?q=1\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_chunked_body_with_extensions_and_trailers():
+    reply = exchange(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;x=y\r\nabc\r\nA\r\n0123456789\r\n0\r\nTrailer: t\r\n\r\n",
+        chunks=5,
+    )
+    assert reply.endswith(b"Content-Length: 13\r\n\r\nabc0123456789")
+
+
+@pytest.mark.parametrize("encoding", ["length", "chunked"])
+def test_too_large_body_is_drained_and_the_connection_reused(encoding):
+    body = b"x" * 150
+    if encoding == "length":
+        first = b"POST / HTTP/1.1\r\nContent-Length: 150\r\n\r\n" + body
+    else:
+        first = (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n96\r\n" + body + b"\r\n0\r\n\r\n"
+        )
+    reply = exchange(first + b"GET /next HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
+    assert b"X-Target: /next" in reply
+
+
+def test_expect_continue():
+    reply = exchange(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok")
+    assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+
+def test_http10_closes_unless_keep_alive():
+    reply = exchange(b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200") == 1
+    assert b"Connection: close\r\n" in reply
+    reply = exchange(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200") == 2
+
+
+def test_connection_close_is_honoured():
+    reply = exchange(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200") == 1
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    ],
+)
+def test_malformed_requests(request_bytes, status):
+    assert exchange(request_bytes).startswith(b"HTTP/1.1 " + status)
+
+
+def test_oversized_head():
+    head = b"GET / HTTP/1.1\r\nX: " + b"a" * (2 * HEAD_LIMIT) + b"\r\n\r\n"
+    assert exchange(head).startswith(b"HTTP/1.1 431 ")
+
+
+def test_bare_newlines_never_reach_header_values():
+    reply = exchange(b"GET /a HTTP/1.1\nX-A: 1\nInjected: yes\n\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_pipelined_requests_wait_for_a_late_answer():
+    reply = exchange(b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\n")
+    assert reply.index(b"X-Target: /later") < reply.index(b"X-Target: /now")
+
+
+def test_a_handler_bug_is_a_500():
+    reply = exchange(b"GET /boom HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"X-Target: /a" not in reply
