@@ -133,7 +133,7 @@ def test_emptydir_size_limit_evicts_the_pod(namespace: str) -> None:
         "the kubelet to evict the pod over its emptyDir sizeLimit",
     )
     assert status["phase"] == "Failed"
-    assert "EmptyDir volume \"scratch\" exceeds the limit" in status["message"]
+    assert 'EmptyDir volume "scratch" exceeds the limit' in status["message"]
 
 
 def test_memory_limit_oom_kills_the_container(namespace: str) -> None:

@@ -46,7 +46,7 @@ def main() -> None:
             liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
             standalone=True,
             # kopf would derive this from the user name, which a bare UID (10001) lacks.
-            identity=f"kubelambda-operator@{socket.gethostname()}",
+            identity=f"kubelambda-operator@{socket.gethostname()}",  # type: ignore[arg-type]
         )
     )
 
