@@ -60,5 +60,5 @@ bundle: ## Render the kubectl-apply bundle deploy/kubelambda.yaml from the Helm 
 	hack/render-bundle.sh
 
 .PHONY: install
-install: ## helm upgrade --install the platform into namespace kubelambda-system
+install: images load-images ## Build and load the images, then helm upgrade --install the platform
 	hack/install.sh

@@ -38,13 +38,13 @@ for runtime in python nodejs provided; do
   build "$name" "$repo_root/runtime-images/$runtime"
 done
 
-# Platform image: dependencies for CPython 3.11 on manylinux, resolved once per pyproject.toml.
-site_packages="$KUBELAMBDA_CACHE/site-packages/$(sha256sum "$repo_root/pyproject.toml" | cut -c1-12)"
+# Platform image: dependencies for CPython 3.11 on manylinux, resolved once per dependency list.
+requirements="$("$repo_root/.venv/bin/python" -c '
+import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+  "$repo_root/pyproject.toml")"
+site_packages="$KUBELAMBDA_CACHE/site-packages/$(echo "$requirements" | sha256sum | cut -c1-12)"
 if [[ ! -d "$site_packages" ]]; then
   log "installing the platform's Python dependencies into $site_packages"
-  requirements="$("$repo_root/.venv/bin/python" -c '
-import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-    "$repo_root/pyproject.toml")"
   # shellcheck disable=SC2086
   "$repo_root/.venv/bin/pip" install -q --no-warn-conflicts --target "$site_packages.tmp" --only-binary=:all: \
     --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 $requirements

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,33 @@ IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
 TOOLBOX_IMAGE = f"kubelambda/toolbox:{IMAGE_TAG}"
 
 
+PLATFORM_NAMESPACE = "kubelambda-system"
+# Tests that uninstall and reinstall the platform run after everything that relies on it.
+LAST_MODULES = ("test_install_lifecycle.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Everything under tests/e2e needs the cluster: mark it so `-m e2e` selects it all.
     for item in items:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: Path(str(item.fspath)).name in LAST_MODULES)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cluster_reachable() -> None:
     os.environ.setdefault("KUBECONFIG", str(REPO_ROOT / ".cluster" / "kubeconfig"))
     kubectl("get", "--raw", "/readyz")
+
+
+@pytest.fixture(scope="session")
+def platform() -> None:
+    """The platform installed with Helm (images loaded by `make test-e2e`); idempotent."""
+    result = subprocess.run(
+        [str(REPO_ROOT / "hack" / "install.sh")], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"installing the platform failed:\n{result.stdout}\n{result.stderr}")
 
 
 @pytest.fixture

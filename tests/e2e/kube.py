@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,7 +55,7 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             value = probe()
-        except (KubectlError, KeyError, IndexError) as error:
+        except (KubectlError, KeyError, IndexError, OSError) as error:
             last_error = error
         else:
             if value is not None and value is not False:
@@ -62,3 +64,60 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})"
     )
+
+
+def condition_status(body: dict[str, Any], type_: str) -> str | None:
+    for condition in body.get("status", {}).get("conditions", []):
+        if condition["type"] == type_:
+            return str(condition["status"])
+    return None
+
+
+def wait_for_condition(
+    kind: str, name: str, namespace: str, type_: str = "Ready", timeout: float = 120
+) -> dict[str, Any]:
+    """Waits until condition ``type_`` of the object is True; returns the object."""
+    return wait_until(
+        lambda: (
+            (body := get(kind, name, namespace))
+            and condition_status(body, type_) == "True"
+            and body
+        ),
+        timeout,
+        f"{kind} {namespace}/{name} to be {type_}",
+    )
+
+
+def names(kind: str, namespace: str, selector: str) -> list[str]:
+    items = json.loads(kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "json"))["items"]
+    return sorted(item["metadata"]["name"] for item in items)
+
+
+def invoke(
+    url: str, payload: bytes = b"{}", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """POSTs an invocation; returns (status, headers, body) whatever the status."""
+    request = urllib.request.Request(url, data=payload, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def function_pod_url(function: str, namespace: str, version: str = "latest") -> str:
+    """Invoke URL of one ready pod of a function version (pod IPs are reachable from the node)."""
+    selector = f"kubelambda.io/function={function},kubelambda.io/version={version}"
+
+    def ready_pod_ip() -> str | None:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json"))[
+            "items"
+        ]
+        for pod in pods:
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+                return str(pod["status"]["podIP"])
+        return None
+
+    ip = wait_until(ready_pod_ip, 120, f"a ready pod of {namespace}/{function}")
+    return f"http://{ip}:8080/2015-03-31/functions/{function}/invocations"

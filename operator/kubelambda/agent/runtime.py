@@ -229,9 +229,9 @@ class RuntimeSlot:
             self.spawn()
             return
         if inv is not None:
-            body, status = self._exit_error(inv, code)
+            body, status, peak_kb = self._exit_error(inv, code)
             # Answering may hand this slot its next invocation, which spawns a process.
-            self._finish(inv, body, True, status, peak_kb=self._peak_kb)
+            self._finish(inv, body, True, status, peak_kb=peak_kb)
         if self._stopping:
             return
         if not initialized:
@@ -239,20 +239,26 @@ class RuntimeSlot:
         elif self._proc is None:
             self.spawn()
 
-    def _exit_error(self, inv: Invocation, code: int) -> tuple[bytes, str]:
+    def _exit_error(self, inv: Invocation, code: int) -> tuple[bytes, str, int]:
+        """(body, REPORT status, peak KiB) for an invocation whose runtime exited; logs the
+        error lines Lambda logs for it."""
         request_id = inv.request_id
-        if code == -signal.SIGKILL and (
-            procs.cgroup_oom_kills() > self._oom_baseline
-            or self._peak_kb >= self._config.memory_mb * 1024 * OOM_RSS_SHARE
-        ):
-            status = "Status: error\tError Type: Runtime.OutOfMemory"
-            return errors.out_of_memory(request_id), status
         how = procs.describe_exit(code)
-        line = (
-            f"RequestId: {request_id} Error: Runtime exited with error: {how}\nRuntime.ExitError\n"
-        )
+        limit_kb = self._config.memory_mb * 1024
+        error_type = "Runtime.ExitError"
+        body = errors.exited(request_id, how)
+        peak_kb = self._peak_kb
+        if code == -signal.SIGKILL and (
+            procs.cgroup_oom_kills() > self._oom_baseline or peak_kb >= limit_kb * OOM_RSS_SHARE
+        ):
+            error_type = "Runtime.OutOfMemory"
+            body = errors.out_of_memory(request_id)
+            # Killed at the limit, usually between two samples of the peak: like Lambda,
+            # the REPORT shows the whole memory size as used.
+            peak_kb = limit_kb
+        line = f"RequestId: {request_id} Error: Runtime exited with error: {how}\n{error_type}\n"
         self._log(inv, line.encode())
-        return errors.exited(request_id, how), "Status: error\tError Type: Runtime.ExitError"
+        return body, f"Status: error\tError Type: {error_type}", peak_kb
 
     # --- runtime output --------------------------------------------------------------------
 

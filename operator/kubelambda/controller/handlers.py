@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import kopf
 from kubelambda.controller import kube
 from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.functions import NotReadyYet, reconcile_function, refresh_readiness
+from kubelambda.controller.kube import ignore_terminating_namespace
 from kubelambda.controller.layers import reconcile_layer
 from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL
 
@@ -20,7 +22,8 @@ CONFIG = OperatorConfig.from_env()
 
 def _reconcile(body: Mapping[str, Any]) -> None:
     try:
-        reconcile_function(body, CONFIG)
+        with ignore_terminating_namespace():
+            reconcile_function(body, CONFIG)
     except NotReadyYet as problem:
         raise kopf.TemporaryError(str(problem), delay=RETRY_SECONDS) from problem
 
@@ -37,20 +40,46 @@ def function_changed(body: kopf.Body, **_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, "layers")
 def layer_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_layer(body)
+    # Functions waiting for a version of this layer need not wait for their retry timer.
+    namespace, layer = body["metadata"]["namespace"], body["metadata"]["name"]
+    for function in kube.list_objects(kube.GROUP_VERSION, "Function", namespace, {}):
+        waiting = any(
+            c.get("type") == "Configured" and c.get("reason") == "LayerNotFound"
+            for c in (function.get("status") or {}).get("conditions") or []
+        )
+        uses_layer = any(ref.get("name") == layer for ref in function["spec"].get("layers") or [])
+        if waiting and uses_layer:
+            with contextlib.suppress(kopf.TemporaryError):
+                _reconcile(function)
+
+
+def _reconcile_by_name(namespace: str, name: str) -> None:
+    function = kube.get(kube.GROUP_VERSION, "Function", name, namespace)
+    if function is not None and not function["metadata"].get("deletionTimestamp"):
+        _reconcile(function)
 
 
 @kopf.on.create(GROUP, VERSION, "aliases")
 @kopf.on.update(GROUP, VERSION, "aliases")
-@kopf.on.delete(GROUP, VERSION, "aliases", optional=True)
 def alias_changed(spec: kopf.Spec, namespace: str | None, old: Any, **_: Any) -> None:
     """An alias decides which versions keep pods: reconcile the function(s) it points to."""
     functions = {spec.get("function")}
     if old:
         functions.add((old.get("spec") or {}).get("function"))
     for name in filter(None, functions):
-        function = kube.get(kube.GROUP_VERSION, "Function", str(name), str(namespace))
-        if function is not None:
-            _reconcile(function)
+        _reconcile_by_name(str(namespace), str(name))
+
+
+@kopf.on.event(GROUP, VERSION, "aliases")
+def alias_deleted(event: kopf.RawEvent, **_: Any) -> None:
+    """A deleted alias may free a version's pods. (Aliases carry no finalizer, so kopf's
+    on.delete would never see them go: the watch event is the signal.)"""
+    if event["type"] == "DELETED":
+        alias = event["object"]
+        function = (alias.get("spec") or {}).get("function")
+        if function:
+            with ignore_terminating_namespace():
+                _reconcile_by_name(alias["metadata"]["namespace"], str(function))
 
 
 @kopf.on.event(
@@ -65,9 +94,8 @@ def latest_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
         refresh_readiness(namespace, name, deployment)
         return
     # Deleted from under a live Function (not by garbage collection): put it back.
-    function = kube.get(kube.GROUP_VERSION, "Function", name, namespace)
-    if function is not None and not function["metadata"].get("deletionTimestamp"):
+    with ignore_terminating_namespace():
         try:
-            reconcile_function(function, CONFIG)
-        except NotReadyYet:
+            _reconcile_by_name(namespace, name)
+        except kopf.TemporaryError:
             refresh_readiness(namespace, name, None)

@@ -7,6 +7,8 @@ objects instead of creating twins.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -93,4 +95,14 @@ def patch_status(kind: str, name: str, namespace: str, status: dict[str, Any]) -
         )
     except ApiException as error:
         if error.status != 404:
+            raise
+
+
+@contextmanager
+def ignore_terminating_namespace() -> Iterator[None]:
+    """Swallow the 403 for writes into a namespace being deleted: nothing there needs repair."""
+    try:
+        yield
+    except ApiException as error:
+        if not (error.status == 403 and "is being terminated" in str(error.body)):
             raise

@@ -88,11 +88,22 @@ def test_crash_is_an_exit_error_then_recovers(start_agent):
 
 def test_sigkill_near_the_memory_size_is_out_of_memory(start_agent):
     agent = start_agent(files={"app.py": APP}, AWS_LAMBDA_FUNCTION_MEMORY_SIZE="64")
-    reply = agent.invoke({"action": "hog", "mb": 64}, {"X-Kubelambda-Request-Id": "oom-1"})
+    reply = agent.invoke(
+        {"action": "hog", "mb": 64},
+        {"X-Kubelambda-Request-Id": "oom-1", "X-Amz-Log-Type": "Tail"},
+    )
     assert reply.json() == {
         "errorType": "Runtime.OutOfMemory",
         "errorMessage": "RequestId: oom-1 Error: Runtime exited with error: signal: killed",
     }
+    # Logged like Lambda: the error lines, and the memory size as Max Memory Used.
+    tail = base64.b64decode(reply.headers["x-amz-log-result"]).decode()
+    assert (
+        "RequestId: oom-1 Error: Runtime exited with error: signal: killed\n"
+        "Runtime.OutOfMemory\nEND RequestId: oom-1\n"
+    ) in tail
+    assert "\tMemory Size: 64 MB\tMax Memory Used: 64 MB\t" in tail
+    assert "\tStatus: error\tError Type: Runtime.OutOfMemory\n" in tail
     assert agent.invoke({}).status == 200
 
 
