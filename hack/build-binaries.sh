@@ -22,7 +22,7 @@ build_once() {
   if [[ ! -f "$out/.complete" ]]; then
     log "building $name $version"
     rm -rf "$out" && mkdir -p "$out"
-    "$@"
+    "$@" 2> >(grep -v '^go: downloading' >&2)
     touch "$out/.complete"
   fi
   for binary in "$out"/*; do ln -sfn "$binary" "$KUBELAMBDA_BIN/$(basename "$binary")"; done

@@ -12,19 +12,26 @@ if cluster_running; then
   log "local cluster already running (kubeconfig: $KUBECONFIG)"
   exit 0
 fi
-[[ -d "$KUBELAMBDA_STATE" ]] && die "stale state in $KUBELAMBDA_STATE: run 'make cluster-down' first"
+if [[ -d "$KUBELAMBDA_STATE" ]]; then
+  log "a cluster that is not running left state behind: cleaning it up first"
+  "$hack_dir/cluster/local-down.sh"
+fi
 
 NODE_IP="${NODE_IP:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')}"
 [[ -n "$NODE_IP" ]] || die "cannot find this machine's IPv4 address (set NODE_IP)"
 export NODE_IP
 
+mkdir -p "$KUBELAMBDA_LOGS"
 "$hack_dir/install-deps.sh"
-"$hack_dir/build-binaries.sh"
 "$hack_dir/docker.sh"
-"$hack_dir/base-images.sh"
+# debootstrap waits on the network while Go keeps both cores busy: run them side by side.
+"$hack_dir/base-images.sh" >"$KUBELAMBDA_LOGS/base-images.log" 2>&1 &
+base_images=$!
+"$hack_dir/build-binaries.sh"
+wait "$base_images" || die "building base images failed: see $KUBELAMBDA_LOGS/base-images.log"
 "$hack_dir/cluster/addon-images.sh"
 
-mkdir -p "$KUBELAMBDA_STATE" "$KUBELAMBDA_RUN/pids" "$KUBELAMBDA_LOGS" "$KUBELAMBDA_CONTAINERD_ROOT"
+mkdir -p "$KUBELAMBDA_STATE" "$KUBELAMBDA_RUN/pids" "$KUBELAMBDA_CONTAINERD_ROOT"
 log "certificates and kubeconfigs for node $NODE_NAME at $NODE_IP"
 make_pki
 

@@ -134,6 +134,7 @@ def test_versions_are_published_and_kept_while_an_alias_uses_them(namespace: str
         "spec": {"function": "versioned", "name": "prod", "version": "1"},
     }
     apply(alias, namespace)
+    wait_for_condition("alias", "versioned-prod", namespace, timeout=60)
     wait_until(
         lambda: "fn-versioned-v1" in names("deployments", namespace, "kubelambda.io/function"),
         60,

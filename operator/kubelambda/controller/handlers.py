@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from kubelambda.controller import kube
+from kubelambda.controller.aliases import update_alias_status
 from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.functions import NotReadyYet, reconcile_function, refresh_readiness
 from kubelambda.controller.kube import ignore_terminating_namespace
@@ -33,6 +34,11 @@ def _reconcile(body: Mapping[str, Any]) -> None:
 @kopf.on.update(GROUP, VERSION, "functions")
 def function_changed(body: kopf.Body, **_: Any) -> None:
     _reconcile(body)
+    # A newly published version may be the one an alias was waiting for.
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for alias in kube.list_objects(kube.GROUP_VERSION, "Alias", namespace, {}):
+        if (alias.get("spec") or {}).get("function") == name:
+            update_alias_status(alias)
 
 
 @kopf.on.resume(GROUP, VERSION, "layers")
@@ -61,13 +67,16 @@ def _reconcile_by_name(namespace: str, name: str) -> None:
 
 @kopf.on.create(GROUP, VERSION, "aliases")
 @kopf.on.update(GROUP, VERSION, "aliases")
-def alias_changed(spec: kopf.Spec, namespace: str | None, old: Any, **_: Any) -> None:
+def alias_changed(
+    body: kopf.Body, spec: kopf.Spec, namespace: str | None, old: Any, **_: Any
+) -> None:
     """An alias decides which versions keep pods: reconcile the function(s) it points to."""
     functions = {spec.get("function")}
     if old:
         functions.add((old.get("spec") or {}).get("function"))
     for name in filter(None, functions):
         _reconcile_by_name(str(namespace), str(name))
+    update_alias_status(body)
 
 
 @kopf.on.event(GROUP, VERSION, "aliases")

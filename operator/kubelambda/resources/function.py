@@ -108,6 +108,8 @@ class Workload:
     """Inline code (None for image functions)."""
     layers: Sequence[FileSet] = field(default_factory=tuple)
     """Layer contents in the order the spec lists them."""
+    unpack_image: str = ""
+    """Image with python3 that unpacks code and layers (a runtime image: always present)."""
     region: str = "us-east-1"
 
 
@@ -155,23 +157,79 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
     return env
 
 
-def pod_volumes(workload: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): a sized /tmp, and code and layers read-only when the function has them."""
+# Copies code and layers out of their projected ConfigMap volumes into plain directories. The
+# kubelet builds projected volumes from timestamped symlinks ("app.js -> ..data/app.js"), and
+# Node.js resolves symlinks, so functions would see /var/task/..2026_01_01.../app.js in
+# __filename and stack traces. Entries named "..*" are that machinery, not user files.
+UNPACK_SCRIPT = """
+import os, shutil, sys
+for source, target in zip(sys.argv[1::2], sys.argv[2::2]):
+    for name in os.listdir(source):
+        if name.startswith(".."):
+            continue
+        path = os.path.join(source, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(target, name), dirs_exist_ok=True)
+        else:
+            shutil.copy(path, os.path.join(target, name))
+"""
+UNPACK_SOURCE = "/var/kubelambda/sources"
+# Lambda's limit for code plus layers, unzipped.
+UNPACKED_LIMIT = "250Mi"
+LOCKED_DOWN = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@dataclass(frozen=True)
+class PodFiles:
+    """Volumes of a function pod, the function container's mounts, and the unpack step."""
+
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    init_containers: list[dict[str, Any]]
+
+
+def pod_files(workload: Workload) -> PodFiles:
+    """A sized /tmp; code at /var/task and layers at /opt, read-only, unpacked by an init step."""
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {"sizeLimit": f"{workload.spec.ephemeral_storage_mb}Mi"}}
     ]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    sources = []
     if workload.code is not None:
-        volumes.append(
-            {"name": "code", "projected": {"sources": projected_sources([workload.code])}}
-        )
-        mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
+        sources.append(("code", [workload.code], TASK_ROOT))
     if workload.layers:
+        sources.append(("layers", list(workload.layers), LAYERS_ROOT))
+    if not sources:
+        return PodFiles(volumes, mounts, [])
+    unpack_mounts: list[dict[str, Any]] = []
+    unpack_args: list[str] = []
+    for name, file_sets, target in sources:
+        source_path = f"{UNPACK_SOURCE}/{name}"
         volumes.append(
-            {"name": "layers", "projected": {"sources": projected_sources(workload.layers)}}
+            {"name": f"{name}-source", "projected": {"sources": projected_sources(file_sets)}}
         )
-        mounts.append({"name": "layers", "mountPath": LAYERS_ROOT, "readOnly": True})
-    return volumes, mounts
+        volumes.append({"name": name, "emptyDir": {"sizeLimit": UNPACKED_LIMIT}})
+        unpack_mounts += [
+            {"name": f"{name}-source", "mountPath": source_path, "readOnly": True},
+            {"name": name, "mountPath": target},
+        ]
+        mounts.append({"name": name, "mountPath": target, "readOnly": True})
+        unpack_args += [source_path, target]
+    unpack = {
+        "name": "unpack",
+        "image": workload.unpack_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", UNPACK_SCRIPT, *unpack_args],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": LOCKED_DOWN,
+        "volumeMounts": unpack_mounts,
+    }
+    return PodFiles(volumes, mounts, [unpack])
 
 
 def function_deployment(workload: Workload) -> dict[str, Any]:
@@ -179,7 +237,7 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
     spec = workload.spec
     name = workload_name(workload.function, workload.version)
     labels = workload_labels(workload.function, workload.version)
-    volumes, mounts = pod_volumes(workload)
+    files = pod_files(workload)
     memory = f"{spec.memory_mb}Mi"
     container = {
         "name": "function",
@@ -199,13 +257,8 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
             "requests": {"cpu": f"{cpu_millicores(spec.memory_mb)}m", "memory": memory},
             "limits": {"memory": memory},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": mounts,
+        "securityContext": LOCKED_DOWN,
+        "volumeMounts": files.mounts,
     }
     return {
         "apiVersion": "apps/v1",
@@ -240,8 +293,9 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
                         "runAsGroup": RUNTIME_USER,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    "initContainers": files.init_containers,
                     "containers": [container],
-                    "volumes": volumes,
+                    "volumes": files.volumes,
                 },
             },
         },
