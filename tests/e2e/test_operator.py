@@ -54,6 +54,7 @@ def owned(namespace: str, name: str) -> dict[str, list[str]]:
 def test_example_function_becomes_ready_and_answers(namespace: str) -> None:
     apply(EXAMPLE, namespace)
     body = wait_for_condition("function", "hello-python", namespace)
+    assert condition_status(body, "Configured") == "True"
     assert body["status"]["replicas"] == {"desired": 1, "ready": 1}
     assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
     status, headers, payload = invoke(
@@ -236,6 +237,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(namespace: s
     for i in range(count):
         wait_for_condition("function", f"burst-{i}", namespace, timeout=180)
     for i in range(count):
+        # Both status writers (reconcile and readiness) keep their conditions.
+        assert condition_status(get("function", f"burst-{i}", namespace), "Configured") == "True"
         children = owned(namespace, f"burst-{i}")
         assert children["deployments"] == [f"fn-burst-{i}-latest"]
         assert children["services"] == [f"fn-burst-{i}-latest"]

@@ -41,6 +41,11 @@ from kubelambda.resources.names import (
 from kubelambda.resources.status import CONFIGURED, Observation, ready_condition
 
 log = logging.getLogger(__name__)
+# Two writers of Function status, each server-side applying only what it owns: the reconcile
+# (everything) and the Deployment watch (Ready and replicas). Separate field managers keep the
+# watch from erasing the reconcile's Configured condition.
+RECONCILE_MANAGER = "kubelambda-operator"
+READINESS_MANAGER = "kubelambda-operator-readiness"
 
 
 class NotReadyYet(Exception):
@@ -230,7 +235,7 @@ class FunctionReconcile:
         if latest is not None:
             status["replicas"] = replicas_status(latest)
             status["url"] = f"http://{workload_name(self.name, LATEST)}.{self.namespace}.svc:8080"
-        kube.patch_status("Function", self.name, self.namespace, status)
+        kube.apply_status("Function", self.name, self.namespace, status, RECONCILE_MANAGER)
 
 
 def reconcile_function(body: Mapping[str, Any], config: OperatorConfig) -> None:
@@ -256,9 +261,7 @@ def refresh_readiness(
     observation = Observation(
         status.get("conditions") or [], status.get("observedGeneration"), now()
     )
-    update: dict[str, Any] = {
-        "conditions": observation.merged(ready_condition(observation, latest_deployment))
-    }
+    update: dict[str, Any] = {"conditions": [ready_condition(observation, latest_deployment)]}
     if latest_deployment is not None:
         update["replicas"] = replicas_status(latest_deployment)
-    kube.patch_status("Function", function, namespace, update)
+    kube.apply_status("Function", function, namespace, update, READINESS_MANAGER)

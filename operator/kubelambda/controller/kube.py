@@ -82,6 +82,30 @@ def delete(api_version: str, kind: str, name: str, namespace: str) -> None:
             raise
 
 
+def apply_status(
+    kind: str, name: str, namespace: str, status: dict[str, Any], field_manager: str
+) -> None:
+    """Server-side apply of part of a kubelambda object's status.
+
+    Conditions are a list keyed by type, so writers with different field managers each own
+    their own conditions: one writer's update never drops another's condition.
+    """
+    resource = _resource(GROUP_VERSION, kind)
+    body = {"apiVersion": GROUP_VERSION, "kind": kind, "metadata": {"name": name}, "status": status}
+    try:
+        dynamic().server_side_apply(
+            resource.subresources["status"],
+            body=body,
+            name=name,
+            namespace=namespace,
+            field_manager=field_manager,
+            force_conflicts=True,
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
 def patch_status(kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource of a kubelambda object."""
     resource = _resource(GROUP_VERSION, kind)

@@ -36,9 +36,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 def main() -> None:
     config = OperatorConfig.from_env()
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # kopf's formatter prefixes each object's messages with "[namespace/name]".
+    kopf.configure(log_format=kopf.LogFormat.FULL, log_prefix=True)
+    logging.getLogger().setLevel(config.log_level.upper())
+    # One line per liveness probe is noise.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             clusterwide=not config.watch_namespaces,

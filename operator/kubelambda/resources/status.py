@@ -23,14 +23,16 @@ class Observation:
         status = "True" if ok else "False"
         prior = next((c for c in self.previous if c.get("type") == type_), None)
         unchanged = prior is not None and prior.get("status") == status
-        return {
+        result: dict[str, Any] = {
             "type": type_,
             "status": status,
             "reason": reason,
             "message": message,
-            "observedGeneration": self.generation,
             "lastTransitionTime": prior["lastTransitionTime"] if unchanged and prior else self.now,
         }
+        if self.generation is not None:
+            result["observedGeneration"] = self.generation
+        return result
 
     def merged(self, *updates: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The previous conditions with each update replacing the one of its type."""
