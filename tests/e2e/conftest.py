@@ -36,9 +36,12 @@ def _cluster_reachable() -> None:
     kubectl("get", "--raw", "/readyz")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def platform() -> None:
-    """The platform installed with Helm (images loaded by `make test-e2e`); idempotent."""
+    """The platform installed with Helm (images loaded by `make test-e2e`); idempotent.
+
+    Every e2e test gets it: nothing else may install CRDs, or Helm would refuse to adopt them.
+    """
     result = subprocess.run(
         [str(REPO_ROOT / "hack" / "install.sh")], capture_output=True, text=True, check=False
     )

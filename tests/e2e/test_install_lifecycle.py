@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from tests.e2e.conftest import PLATFORM_NAMESPACE, REPO_ROOT
 from tests.e2e.kube import KubectlError, apply, get, kubectl, wait_for_condition, wait_until
 from tests.e2e.test_operator import function
 
-pytestmark = pytest.mark.usefixtures("platform")
 BUNDLE = str(REPO_ROOT / "deploy" / "kubelambda.yaml")
 CLUSTER_OBJECTS = [
     ("clusterrole", "kubelambda-operator"),

@@ -23,8 +23,6 @@ from tests.e2e.kube import (
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("platform")
-
 EXAMPLE = yaml.safe_load(Path(REPO_ROOT / "examples" / "hello-python.yaml").read_text())
 ECHO_CODE = {
     "app.py": "import os\n\ndef handler(event, context):\n"
