@@ -190,7 +190,6 @@ class FunctionReconcile:
             replicas=max(1, spec.scaling.min_instances),
             code=self.ensure_code(spec),
             layers=self.resolve_layers(spec),
-            unpack_image=self.config.runtime_images["python3.11"],
             region=self.config.region,
         )
         deployment = kube.apply(function_deployment(workload), self.namespace)

@@ -1,16 +1,15 @@
-"""Inline code and layers as immutable ConfigMaps, projected read-only into function pods.
+"""Inline code and layers as immutable ConfigMaps, mounted file by file, read-only, into pods.
 
 ConfigMap keys cannot hold '/', so each file is stored under a generated key and the
 ``kubelambda.io/paths`` annotation maps keys back to relative paths. Layers are merged in order
-into one projected volume at /opt: the operator resolves "later layer wins" itself, because the
-API server rejects a projected volume that names one path twice.
+at /opt: the operator resolves "later layer wins" itself by mounting only the winning file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,18 +70,42 @@ def file_mode(path: str) -> int:
     return EXECUTABLE_MODE if path.startswith(EXECUTABLE_PREFIXES) else DATA_MODE
 
 
-def projected_sources(file_sets: Iterable[FileSet]) -> list[dict[str, Any]]:
-    """Projected-volume sources for ``file_sets`` in order; a later set's file wins a path."""
-    winner: dict[str, tuple[str, str]] = {}
-    for file_set in file_sets:
+@dataclass(frozen=True)
+class FileMounts:
+    """ConfigMap volumes and one read-only subPath mount per file."""
+
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def file_mounts(file_sets: Sequence[FileSet], root: str, volume_prefix: str) -> FileMounts:
+    """Mounts every file of ``file_sets`` at ``root``/path; a later set's file wins a path.
+
+    One subPath mount per file gives the function plain files. (A whole ConfigMap volume is
+    built from timestamped symlinks, "app.js -> ..data/app.js", and Node.js resolves symlinks:
+    functions would see /var/task/..2026_01_01.../app.js in __filename and stack traces.)
+    """
+    winner: dict[str, tuple[int, str]] = {}
+    for index, file_set in enumerate(file_sets):
         for key, path in file_set.paths.items():
-            winner[path] = (file_set.config_map, key)
-    items_by_map: dict[str, list[dict[str, Any]]] = {}
-    for path, (config_map, key) in sorted(winner.items()):
-        items_by_map.setdefault(config_map, []).append(
-            {"key": key, "path": path, "mode": file_mode(path)}
+            winner[path] = (index, key)
+    items: dict[int, list[dict[str, Any]]] = {}
+    mounts = []
+    for path, (index, key) in sorted(winner.items()):
+        items.setdefault(index, []).append({"key": key, "path": key, "mode": file_mode(path)})
+        mounts.append(
+            {
+                "name": f"{volume_prefix}-{index}",
+                "mountPath": f"{root}/{path}",
+                "subPath": key,
+                "readOnly": True,
+            }
         )
-    return [
-        {"configMap": {"name": config_map, "items": items}}
-        for config_map, items in items_by_map.items()
+    volumes = [
+        {
+            "name": f"{volume_prefix}-{index}",
+            "configMap": {"name": file_sets[index].config_map, "items": index_items},
+        }
+        for index, index_items in sorted(items.items())
     ]
+    return FileMounts(volumes, mounts)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda.api import FunctionSpec
-from kubelambda.resources.code import FileSet, projected_sources
+from kubelambda.resources.code import FileMounts, FileSet, file_mounts
 from kubelambda.resources.names import (
     FUNCTION_LABEL,
     LATEST,
@@ -108,8 +108,6 @@ class Workload:
     """Inline code (None for image functions)."""
     layers: Sequence[FileSet] = field(default_factory=tuple)
     """Layer contents in the order the spec lists them."""
-    unpack_image: str = ""
-    """Image with python3 that unpacks code and layers (a runtime image: always present)."""
     region: str = "us-east-1"
 
 
@@ -157,25 +155,6 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
     return env
 
 
-# Copies code and layers out of their projected ConfigMap volumes into plain directories. The
-# kubelet builds projected volumes from timestamped symlinks ("app.js -> ..data/app.js"), and
-# Node.js resolves symlinks, so functions would see /var/task/..2026_01_01.../app.js in
-# __filename and stack traces. Entries named "..*" are that machinery, not user files.
-UNPACK_SCRIPT = """
-import os, shutil, sys
-for source, target in zip(sys.argv[1::2], sys.argv[2::2]):
-    for name in os.listdir(source):
-        if name.startswith(".."):
-            continue
-        path = os.path.join(source, name)
-        if os.path.isdir(path):
-            shutil.copytree(path, os.path.join(target, name), dirs_exist_ok=True)
-        else:
-            shutil.copy(path, os.path.join(target, name))
-"""
-UNPACK_SOURCE = "/var/kubelambda/sources"
-# Lambda's limit for code plus layers, unzipped.
-UNPACKED_LIMIT = "250Mi"
 LOCKED_DOWN = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -184,52 +163,17 @@ LOCKED_DOWN = {
 }
 
 
-@dataclass(frozen=True)
-class PodFiles:
-    """Volumes of a function pod, the function container's mounts, and the unpack step."""
-
-    volumes: list[dict[str, Any]]
-    mounts: list[dict[str, Any]]
-    init_containers: list[dict[str, Any]]
-
-
-def pod_files(workload: Workload) -> PodFiles:
-    """A sized /tmp; code at /var/task and layers at /opt, read-only, unpacked by an init step."""
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {"sizeLimit": f"{workload.spec.ephemeral_storage_mb}Mi"}}
-    ]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    sources = []
-    if workload.code is not None:
-        sources.append(("code", [workload.code], TASK_ROOT))
-    if workload.layers:
-        sources.append(("layers", list(workload.layers), LAYERS_ROOT))
-    if not sources:
-        return PodFiles(volumes, mounts, [])
-    unpack_mounts: list[dict[str, Any]] = []
-    unpack_args: list[str] = []
-    for name, file_sets, target in sources:
-        source_path = f"{UNPACK_SOURCE}/{name}"
-        volumes.append(
-            {"name": f"{name}-source", "projected": {"sources": projected_sources(file_sets)}}
-        )
-        volumes.append({"name": name, "emptyDir": {"sizeLimit": UNPACKED_LIMIT}})
-        unpack_mounts += [
-            {"name": f"{name}-source", "mountPath": source_path, "readOnly": True},
-            {"name": name, "mountPath": target},
-        ]
-        mounts.append({"name": name, "mountPath": target, "readOnly": True})
-        unpack_args += [source_path, target]
-    unpack = {
-        "name": "unpack",
-        "image": workload.unpack_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-c", UNPACK_SCRIPT, *unpack_args],
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
-        "securityContext": LOCKED_DOWN,
-        "volumeMounts": unpack_mounts,
-    }
-    return PodFiles(volumes, mounts, [unpack])
+def pod_files(workload: Workload) -> FileMounts:
+    """A sized /tmp; code at /var/task and layers at /opt, file by file and read-only."""
+    tmp = FileMounts(
+        [{"name": "tmp", "emptyDir": {"sizeLimit": f"{workload.spec.ephemeral_storage_mb}Mi"}}],
+        [{"name": "tmp", "mountPath": "/tmp"}],
+    )
+    code = file_mounts([workload.code] if workload.code else [], TASK_ROOT, "code")
+    layers = file_mounts(workload.layers, LAYERS_ROOT, "layer")
+    return FileMounts(
+        tmp.volumes + code.volumes + layers.volumes, tmp.mounts + code.mounts + layers.mounts
+    )
 
 
 def function_deployment(workload: Workload) -> dict[str, Any]:
@@ -293,7 +237,6 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
                         "runAsGroup": RUNTIME_USER,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "initContainers": files.init_containers,
                     "containers": [container],
                     "volumes": files.volumes,
                 },

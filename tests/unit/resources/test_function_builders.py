@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -11,7 +9,6 @@ import pytest
 from kubelambda.api import FunctionSpec
 from kubelambda.resources.code import FileSet
 from kubelambda.resources.function import (
-    UNPACK_SCRIPT,
     Workload,
     cpu_millicores,
     function_deployment,
@@ -45,7 +42,6 @@ def workload(function_spec: FunctionSpec, version: str = "$LATEST", **extra: Any
         function_arn="arn:aws:lambda:us-east-1:000000000000:function:hello",
         owner=OWNER,
         code=None if function_spec.code.image else FileSet("fn-hello-code-abc", {"f000": "app.py"}),
-        unpack_image="kubelambda/runtime-python3.11:dev",
         **extra,
     )
 
@@ -118,7 +114,7 @@ def test_resources_tmp_and_grace(
 @pytest.mark.parametrize(
     ("code", "mounts"),
     [
-        (INLINE, {"/tmp": None, "/var/task": True}),
+        (INLINE, {"/tmp": None, "/var/task/app.py": True}),
         ({"image": "example/fn:1"}, {"/tmp": None}),
     ],
 )
@@ -138,21 +134,29 @@ def test_code_is_mounted_read_only(code: dict[str, Any], mounts: dict[str, Any])
     assert found == mounts
 
 
-def test_layers_mount_at_opt_later_layer_wins() -> None:
+def test_layers_mount_at_opt_file_by_file_later_layer_wins() -> None:
     layers = (
         FileSet("layer-a-v1", {"f000": "python/lib.py", "f001": "bin/tool"}),
         FileSet("layer-b-v2", {"f000": "python/lib.py"}),
     )
     pod = pod_spec(function_deployment(workload(spec(), layers=layers)))
-    volume = next(v for v in pod["volumes"] if v["name"] == "layers-source")
-    items = {
-        item["path"]: (source["configMap"]["name"], item["mode"])
-        for source in volume["projected"]["sources"]
-        for item in source["configMap"]["items"]
+    volumes = {v["name"]: v["configMap"] for v in pod["volumes"] if "configMap" in v}
+    mounts = {
+        m["mountPath"]: (volumes[m["name"]]["name"], m["subPath"], m["readOnly"])
+        for m in pod["containers"][0]["volumeMounts"]
+        if m["mountPath"].startswith("/opt/")
     }
-    assert items == {"python/lib.py": ("layer-b-v2", 0o444), "bin/tool": ("layer-a-v1", 0o555)}
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "layers")
-    assert mount == {"name": "layers", "mountPath": "/opt", "readOnly": True}
+    assert mounts == {
+        "/opt/python/lib.py": ("layer-b-v2", "f000", True),
+        "/opt/bin/tool": ("layer-a-v1", "f001", True),
+    }
+    modes = {
+        (cm["name"], item["key"]): item["mode"] for cm in volumes.values() for item in cm["items"]
+    }
+    assert modes[("layer-a-v1", "f001")] == 0o555
+    assert modes[("layer-b-v2", "f000")] == 0o444
+    # The losing copy of python/lib.py is not mounted at all.
+    assert ("layer-a-v1", "f000") not in modes
 
 
 def test_environment_platform_user_and_secret_variables() -> None:
@@ -194,53 +198,3 @@ def test_revision_round_trips_the_snapshot() -> None:
     assert revision["metadata"]["name"] == "fn-hello-r4"
     assert revision["revision"] == 4
     assert FunctionSpec.model_validate(revision["data"]).memory_mb == 512
-
-
-@pytest.mark.parametrize(
-    ("code", "layers", "unpacked"),
-    [
-        (True, False, {"/var/task"}),
-        (True, True, {"/var/task", "/opt"}),
-        (False, False, set()),
-    ],
-)
-def test_code_and_layers_are_unpacked_into_plain_directories(
-    code: bool, layers: bool, unpacked: set[str]
-) -> None:
-    function_spec = spec() if code else FunctionSpec.model_validate({"code": {"image": "x/y:1"}})
-    layer_sets = (FileSet("layer-a-v1", {"f000": "bin/tool"}),) if layers else ()
-    pod = pod_spec(function_deployment(workload(function_spec, layers=layer_sets)))
-    init = pod["initContainers"]
-    if not unpacked:
-        assert init == []
-        return
-    (unpack,) = init
-    assert unpack["image"] == "kubelambda/runtime-python3.11:dev"
-    assert unpack["securityContext"]["readOnlyRootFilesystem"] is True
-    writable = {m["mountPath"] for m in unpack["volumeMounts"] if not m.get("readOnly")}
-    assert writable == unpacked
-    assert unpack["command"][-2 * len(unpacked) :][1::2] == [
-        p for p in ("/var/task", "/opt") if p in unpacked
-    ]
-    main_mounts = {m["mountPath"]: m.get("readOnly") for m in pod["containers"][0]["volumeMounts"]}
-    assert all(main_mounts[path] is True for path in unpacked)
-
-
-def test_unpack_script_copies_real_files_and_skips_projection_machinery(tmp_path: Any) -> None:
-    # The layout the kubelet gives a projected volume: a timestamped directory, ..data pointing
-    # at it, and top-level symlinks through ..data.
-    source, target = tmp_path / "source", tmp_path / "target"
-    stamped = source / "..2026_01_01_00_00_00.1"
-    (stamped / "bin").mkdir(parents=True)
-    (stamped / "app.js").write_text("exports.handler = 1")
-    (stamped / "bin" / "tool").write_text("#!/bin/sh\n")
-    (stamped / "bin" / "tool").chmod(0o555)
-    (source / "..data").symlink_to(stamped.name)
-    (source / "app.js").symlink_to("..data/app.js")
-    (source / "bin").symlink_to("..data/bin")
-    target.mkdir()
-    subprocess.run([sys.executable, "-c", UNPACK_SCRIPT, str(source), str(target)], check=True)
-    assert sorted(p.name for p in target.iterdir()) == ["app.js", "bin"]
-    assert not (target / "app.js").is_symlink()
-    assert (target / "app.js").read_text() == "exports.handler = 1"
-    assert (target / "bin" / "tool").stat().st_mode & 0o777 == 0o555
