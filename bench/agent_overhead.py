@@ -24,6 +24,12 @@ hits all of them alike. Per-process CPU time (/proc/<pid>/task/*/schedstat) is s
 every block. Agent memory is VmRSS/VmHWM from /proc/<pid>/status: idle after start, after
 the warm-up, after the timed run. ``--concurrency 4`` (default) then compares agent and relay
 with 4 runtimes each (``KUBELAMBDA_CONCURRENCY=4``) and 4 client threads.
+
+Where the agent's time goes, without touching the agent: ``--anatomy`` times single steps of
+its per-invocation work (header parsing, ids, /proc reads, log writes) with its own functions,
+and replays whole invocations through its real classes (and the relay's) on fake transports,
+which gives each one's user-space cost without sockets. ``--profile-agent`` runs the agents
+under cProfile instead (latencies then inflated).
 Results: bench/results/agent_overhead-<UTC time>.json.
 """
 
@@ -70,9 +76,13 @@ TARGET_RSS_MB = 30.0
 # Same shape as the agent's generated trace ids; the relay and direct scenarios send it as is.
 TRACE_ID = "Root=1-00000000-000000000000000000000000;Parent=0000000000000000;Sampled=0"
 ARN = f"arn:aws:lambda:us-east-1:000000000000:function:{FUNCTION}"
+_ACCEPTED_BODY = b'{"status":"OK"}'
 ACCEPTED = (
-    b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n"
-    b'{"status":"OK"}'
+    b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (
+        len(_ACCEPTED_BODY),
+        _ACCEPTED_BODY,
+    )
 )
 
 
@@ -709,6 +719,183 @@ def run_concurrent(
     }
 
 
+# --- anatomy: the agent's own per-invocation steps, timed in this process --------------------
+
+
+def agent_anatomy(probe_pid: int, workdir: Path, count: int) -> dict[str, float]:
+    """Median µs of steps the agent runs on every invocation, called here with its own code
+    (read-only imports of kubelambda.agent; nothing is patched). Python work and syscalls
+    only: the socket sends and epoll wake-ups that every relay pays are left out."""
+    if str(OPERATOR_DIR) not in sys.path:
+        sys.path.insert(0, str(OPERATOR_DIR))
+    import uuid  # noqa: PLC0415
+
+    from kubelambda.agent import httpio, invoke, logs, procs  # noqa: PLC0415
+
+    invoke_head = invoke_request(b"")[: -len(b"\r\n\r\n")] + b"\r\n\r\n"
+    api = b"Host: 127.0.0.1:9001\r\n"
+    next_head = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\n" + api
+    next_head += b"Content-Length: 0\r\n\r\n"
+    response_head = b"POST /2018-06-01/runtime/invocation/%s/response HTTP/1.1\r\n" % (
+        str(uuid.uuid4()).encode()
+    )
+    response_head += api + b"Content-Type: application/json\r\nContent-Length: 4\r\n\r\n"
+    probe = procs.MemoryProbe(probe_pid)
+    log_fd = os.open(workdir / "anatomy.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    request_id = str(uuid.uuid4())
+
+    def empty_read() -> None:
+        with suppress(BlockingIOError):
+            os.read(read_fd, 65536)
+
+    def log_lines() -> None:
+        os.write(log_fd, logs.start_line(request_id, "$LATEST"))
+        os.write(
+            log_fd,
+            logs.end_line(request_id)
+            + logs.report_line(
+                request_id,
+                duration_ms=0.3,
+                memory_mb=128,
+                max_used_mb=14,
+                init_ms=None,
+                status=None,
+            ),
+        )
+
+    steps: dict[str, Callable[[], object]] = {
+        "parse_head x3 (invoke, /next, /response)": lambda: (
+            httpio.parse_head(invoke_head),
+            httpio.parse_head(next_head),
+            httpio.parse_head(response_head),
+        ),
+        "request id: uuid4()": lambda: str(uuid.uuid4()),
+        "trace id: new_trace_id()": invoke.new_trace_id,
+        "MemoryProbe.peak_kb(reset=True) (/proc status, children, clear_refs)": lambda: (
+            probe.peak_kb(reset=True)
+        ),
+        "START + END/REPORT lines, 2 writes to the log file": log_lines,
+        "drain runtime output: read() -> EAGAIN": empty_read,
+    }
+    out: dict[str, float] = {}
+    perf = time.perf_counter_ns
+    try:
+        for name, step in steps.items():
+            samples = []
+            for _ in range(count):
+                t0 = perf()
+                step()
+                samples.append(perf() - t0)
+            out[name] = round(percentile(samples, 0.5) / 1000, 1)
+    finally:
+        probe.close()
+        for fd in (log_fd, read_fd, write_fd):
+            os.close(fd)
+    out["sum"] = round(sum(out.values()), 1)
+    return out
+
+
+class _FakeTransport(asyncio.Transport):
+    """Collects what a protocol writes; for replaying the agent's code without sockets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+
+def _request_id(next_answer: bytearray) -> bytes:
+    start = next_answer.index(b"Lambda-Runtime-Aws-Request-Id: ") + 31
+    return bytes(next_answer[start : next_answer.index(b"\r\n", start)])
+
+
+async def _replay(kind: str, event: bytes, env: dict[str, str], count: int) -> list[int]:
+    """Per invocation ns of one server's code, driven in-process through fake transports with
+    the exact bytes the client and bootstrap send: no sockets, no event loop wake-ups."""
+    runtime_t, client_t = _FakeTransport(), _FakeTransport()
+    runtime: asyncio.Protocol
+    client: asyncio.Protocol
+    if kind == "agent":
+        from kubelambda.agent import config, httpio, procs, runtime_api  # noqa: PLC0415
+        from kubelambda.agent import invoke as agent_invoke  # noqa: PLC0415
+        from kubelambda.agent.runtime import RuntimeSlot  # noqa: PLC0415
+
+        cfg = config.load_config(env)
+        slot = RuntimeSlot(0, cfg, procs.Reaper())
+        endpoint = agent_invoke.InvokeEndpoint(cfg, [slot])
+        runtime = httpio.Connection(runtime_api.RuntimeApi(slot).handle, 1 << 20, set())
+        client = httpio.Connection(endpoint.handle, 1 << 20, set())
+    else:
+        relay = Relay(1)
+        runtime, client = _MiniConn(relay.runtime), _MiniConn(relay.invoke)
+    runtime.connection_made(runtime_t)
+    client.connection_made(client_t)
+    api = b"Host: 127.0.0.1:9001\r\n"
+    next_request = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\n" + api
+    next_request += b"Content-Length: 0\r\n\r\n"
+    invoke = invoke_request(event)
+    response_tail = b"/response HTTP/1.1\r\n" + api
+    response_tail += b"Content-Type: application/json\r\nContent-Length: 4\r\n\r\nnull"
+    runtime.data_received(next_request)
+    samples = []
+    perf = time.perf_counter_ns
+    for _ in range(count):
+        runtime_t.written.clear()
+        client_t.written.clear()
+        t0 = perf()
+        client.data_received(invoke)
+        request_id = _request_id(runtime_t.written)
+        runtime.data_received(b"POST /2018-06-01/runtime/invocation/" + request_id + response_tail)
+        runtime.data_received(next_request)
+        samples.append(perf() - t0)
+        if not client_t.written.endswith(b"\r\n\r\nnull"):
+            raise BenchError(f"replay {kind}: unexpected {bytes(client_t.written)!r}")
+    return samples
+
+
+def replay_us(event: bytes, env: dict[str, str], workdir: Path, count: int) -> dict[str, Any]:
+    """The agent's and the relay's user-space cost per invocation (median µs). The agent writes
+    its log lines to fd 1, which points at a file meanwhile."""
+    if str(OPERATOR_DIR) not in sys.path:
+        sys.path.insert(0, str(OPERATOR_DIR))
+    out: dict[str, Any] = {}
+    sys.stdout.flush()
+    saved = os.dup(1)
+    log_fd = os.open(workdir / "replay.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(log_fd, 1)
+        for kind in ("agent", "relay"):
+            samples = asyncio.run(_replay(kind, event, env, count))
+            out[kind] = summary_us(samples)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(log_fd)
+    return out
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -853,6 +1040,12 @@ class Bench:
                 }
                 for s in scenarios
             }
+            if args.anatomy:
+                out["agent_anatomy_us"] = agent_anatomy(
+                    relay_runtimes[0].pid, self.workdir, args.anatomy
+                )
+                env = agent_env(self.task_root, 1, 1, 1)
+                out["replay_us"] = replay_us(self.event, env, self.workdir, args.anatomy)
             log = agent.log.stat().st_size
             out["agent_log_bytes_per_invocation"] = round(
                 log / (args.warmup + args.requests + 1), 1
@@ -933,6 +1126,16 @@ def print_report(result: dict[str, Any]) -> None:
         f"  (relay {rss['relay'].get('VmRSS')}, runtime under agent "
         f"{rss['agent_runtime'].get('VmRSS')} MiB)"
     )
+    anatomy = seq.get("agent_anatomy_us", {})
+    if anatomy:
+        print("\nagent's own per-invocation steps, median µs each (in this process):")
+        for name, value in anatomy.items():
+            print(f"  {value:>7}  {name}")
+    replay = seq.get("replay_us", {})
+    if replay:
+        print("user-space cost per invocation, code replayed in-process without sockets (µs):")
+        for name, lat in replay.items():
+            print(f"  {name:<6} p50 {lat['p50']:>6}  mean {lat['mean']:>6}")
     conc = result.get("concurrent")
     if conc:
         print(f"\nconcurrency {result['config']['concurrency']} (runtimes = client threads)")
@@ -1038,6 +1241,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=600.0,
         help="limit for the whole run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--anatomy",
+        type=int,
+        default=2000,
+        help="repetitions of each agent step timed in-process, 0 skips (default: %(default)s)",
     )
     parser.add_argument(
         "--profile-agent",

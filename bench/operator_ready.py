@@ -269,12 +269,12 @@ class ReadyBench:
         )
         raw: dict[str, Any] = as_dict(self.api, deployment)
         pod_spec = raw["spec"]["template"]["spec"]
+        # The code ConfigMap belongs to the warm-up Function (deleted next): keep a copy.
         for volume in pod_spec.get("volumes", []):
-            for source in (volume.get("projected") or {}).get("sources", []):
-                config_map = source.get("configMap")
-                if config_map:
-                    self.copy_config_map(config_map["name"], BASELINE_CODE)
-                    config_map["name"] = BASELINE_CODE
+            config_map = volume.get("configMap")
+            if config_map:
+                self.copy_config_map(config_map["name"], BASELINE_CODE)
+                config_map["name"] = BASELINE_CODE
         self.template = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
