@@ -61,6 +61,8 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, BinaryIO
 
+from bench.common import percentile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 OPERATOR_DIR = REPO_ROOT / "operator"
@@ -91,15 +93,6 @@ class BenchError(RuntimeError):
 
 
 # --- small helpers -------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 def summary_us(samples_ns: Sequence[int]) -> dict[str, float | int]:

@@ -13,7 +13,6 @@ from kubelambda.api import FunctionSpec
 from kubelambda.resources.code import FileMounts, FileSet, file_mounts
 from kubelambda.resources.names import (
     FUNCTION_LABEL,
-    LATEST,
     MANAGED_BY,
     SNAPSHOT_HASH_ANNOTATION,
     VERSION_LABEL,
@@ -264,7 +263,3 @@ def function_service(function: str, version: str, owner: Mapping[str, Any]) -> d
 
 def function_arn(region: str, function: str) -> str:
     return f"arn:aws:lambda:{region}:000000000000:function:{function}"
-
-
-def is_latest(version: str) -> bool:
-    return version == LATEST
