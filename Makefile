@@ -49,6 +49,7 @@ test-unit: ## Unit tests (no cluster)
 test-e2e: ## End-to-end tests on the real cluster (brings it up if needed)
 	hack/cluster-up.sh
 	hack/images.sh
+	hack/test-images.sh
 	hack/load-images.sh
 	hack/pytest.sh -m e2e tests/e2e
 

@@ -7,6 +7,7 @@ reinstalls it with Helm.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 
 from tests.e2e.conftest import PLATFORM_NAMESPACE, REPO_ROOT
@@ -98,6 +99,19 @@ def test_helm_uninstall_removes_the_platform_but_keeps_user_objects(namespace: s
 
 
 def test_kubectl_bundle_installs_and_removes_cleanly(namespace: str) -> None:
+    # The steps the bundle's header gives: the store's tokens first, then the bundle.
+    if not exists("namespace", PLATFORM_NAMESPACE):
+        kubectl("create", "namespace", PLATFORM_NAMESPACE)
+    kubectl(
+        "-n",
+        PLATFORM_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "kubelambda-store",
+        f"--from-literal=uploadToken={secrets.token_hex(20)}",
+        f"--from-literal=signingKey={secrets.token_hex(20)}",
+    )
     kubectl("apply", "--server-side", "--force-conflicts", "-f", BUNDLE)
     wait_operator_ready()
     apply(function("bundled"), namespace)

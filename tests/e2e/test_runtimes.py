@@ -10,6 +10,7 @@ the runtime bootstraps and the pod the operator builds, not a gateway.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import math
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import codestore
 from tests.e2e.kube import KubectlError, apply, get, kubectl, wait_until
 
 SOURCES = Path(__file__).resolve().parent / "runtimes"
@@ -46,7 +48,7 @@ REPORT_RE = re.compile(
 
 # Function names in the module's namespace.
 PY = "py"  # python3.11, timeout 1 s: context, errors, timeout, crash, OOM, sizes, filesystem
-PY_LOGS = "py-logs"  # python3.11, timeout 3 s, invoked only by the log test (Init Duration)
+PY_LOGS = "py-logs"  # inline code, timeout 3 s, invoked only by the log test (Init Duration)
 PY_LAYERS = "py-layers"  # the same code with two layers
 PY_TMP = "py-tmp"  # the same code; fills its /tmp (may get its pod evicted: kept apart)
 NODE = "node"
@@ -55,6 +57,7 @@ PROVIDED = "provided"
 LAYER_TOOLS = "tools"
 LAYER_OVERRIDE = "override"
 LAYER_NODE = "node-tools"
+LAYER_IMAGE = "image-tools"
 
 
 def source(*parts: str) -> str:
@@ -65,13 +68,35 @@ def function(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Function", "metadata": {"name": name}, "spec": spec}
 
 
-def layer(name: str, files: Mapping[str, str], runtime: str = "python3.11") -> dict[str, Any]:
+def layer(name: str, content: Mapping[str, Any], runtime: str = "python3.11") -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "Layer",
         "metadata": {"name": name},
-        "spec": {"content": {"inline": dict(files)}, "compatibleRuntimes": [runtime]},
+        "spec": {"content": dict(content), "compatibleRuntimes": [runtime]},
     }
+
+
+# Zip packages (uploaded to the code store by the `stack` fixture) and their digests.
+PY_ZIP = codestore.zip_files({"app.py": source("python", "app.py")})
+NODE_ZIP = codestore.zip_files({"index.js": source("nodejs", "index.js")})
+TOOLS_ZIP = codestore.zip_files(
+    {
+        "python/greeting/__init__.py": (
+            "def greet(name):\n    return f'hello {name}, from the tools layer'\n"
+        ),
+        "python/which_layer.py": "NAME = 'tools'\n",
+        "bin/hello-tool": '#!/bin/sh\necho "hello-tool says: $*"\n',
+        "etc/which.txt": "tools\n",
+    },
+    modes={"bin/hello-tool": 0o755},
+)
+PACKAGES = [PY_ZIP, NODE_ZIP, TOOLS_ZIP]
+IMAGE_LAYER = "kubelambda/e2e-layer:dev"  # tests/e2e/images/layer, built by hack/test-images.sh
+
+
+def zip_code(package: bytes) -> dict[str, Any]:
+    return {"zip": {"sha256": hashlib.sha256(package).hexdigest()}}
 
 
 def python_function(name: str, **spec: Any) -> dict[str, Any]:
@@ -81,34 +106,32 @@ def python_function(name: str, **spec: Any) -> dict[str, Any]:
             "runtime": "python3.11",
             "handler": "app.handler",
             "memoryMB": 128,
-            "code": {"inline": {"app.py": source("python", "app.py")}},
+            "code": zip_code(PY_ZIP),
             **spec,
         },
     )
 
 
 LAYERS = [
-    layer(
-        LAYER_TOOLS,
-        {
-            "python/greeting/__init__.py": (
-                "def greet(name):\n    return f'hello {name}, from the tools layer'\n"
-            ),
-            "python/which_layer.py": "NAME = 'tools'\n",
-            "bin/hello-tool": '#!/bin/sh\necho "hello-tool says: $*"\n',
-            "etc/which.txt": "tools\n",
-        },
-    ),
+    layer(LAYER_TOOLS, zip_code(TOOLS_ZIP)),
     layer(
         LAYER_OVERRIDE,
-        {"python/which_layer.py": "NAME = 'override'\n", "etc/which.txt": "override\n"},
+        {
+            "inline": {
+                "python/which_layer.py": "NAME = 'override'\n",
+                "etc/which.txt": "override\n",
+            }
+        },
     ),
+    layer(LAYER_IMAGE, {"image": IMAGE_LAYER}),
     layer(
         LAYER_NODE,
         {
-            "nodejs/node_modules/shout/index.js": (
-                "module.exports = (text) => `${String(text).toUpperCase()}!`;\n"
-            ),
+            "inline": {
+                "nodejs/node_modules/shout/index.js": (
+                    "module.exports = (text) => `${String(text).toUpperCase()}!`;\n"
+                ),
+            }
         },
         runtime="nodejs18",
     ),
@@ -116,12 +139,18 @@ LAYERS = [
 
 FUNCTIONS = [
     python_function(PY, timeoutSeconds=1, ephemeralStorageMB=512),
-    python_function(PY_LOGS, timeoutSeconds=3),
+    python_function(
+        PY_LOGS, timeoutSeconds=3, code={"inline": {"app.py": source("python", "app.py")}}
+    ),
     python_function(PY_TMP, timeoutSeconds=15, ephemeralStorageMB=512),
     python_function(
         PY_LAYERS,
         timeoutSeconds=3,
-        layers=[{"name": LAYER_TOOLS, "version": 1}, {"name": LAYER_OVERRIDE, "version": 1}],
+        layers=[
+            {"name": LAYER_TOOLS, "version": 1},
+            {"name": LAYER_OVERRIDE, "version": 1},
+            {"name": LAYER_IMAGE, "version": 1},
+        ],
     ),
     function(
         NODE,
@@ -130,7 +159,7 @@ FUNCTIONS = [
             "handler": "index.handler",
             "memoryMB": 128,
             "timeoutSeconds": 3,
-            "code": {"inline": {"index.js": source("nodejs", "index.js")}},
+            "code": zip_code(NODE_ZIP),
             "layers": [{"name": LAYER_NODE, "version": 1}],
         },
     ),
@@ -299,7 +328,9 @@ def module_namespace() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(module_namespace: str) -> str:
-    """Layers first (a Function waits for its layer versions), then every Function at once."""
+    """Packages, then layers (a Function waits for its layer versions), then every Function."""
+    for package in PACKAGES:
+        codestore.upload(package)
     apply(LAYERS, module_namespace)
     for name in [item["metadata"]["name"] for item in LAYERS]:
         wait_until(partial(is_ready, "layer", name, module_namespace), 60, f"Layer {name} Ready")
@@ -561,11 +592,6 @@ def test_tmp_is_writable_and_root_filesystem_is_read_only(py: DeployedFunction) 
     assert report["root"] == erofs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 4): /tmp is a disk emptyDir, so the kubelet evicts the pod past"
-    " ephemeralStorageMB instead of the function getting ENOSPC",
-)
 def test_tmp_is_limited_to_ephemeral_storage(py_tmp: DeployedFunction) -> None:
     """/tmp holds ephemeralStorageMB: a write beyond fails with ENOSPC inside the function,
     as on Lambda, and the execution environment stays (no eviction, no new pod)."""
@@ -592,6 +618,8 @@ def test_layers_python_package_bin_tool_and_later_layer_wins(py_layers: Deployed
     assert "/opt/bin" in report["path"].split(":")
     assert report["which_module"] == "override"
     assert report["which_file"] == "override"
+    assert report["image_tool_stdout"] == "image-tool says: ok\n"
+    assert report["image_module"] == "image"
 
 
 # --- 10. at most 5 layers ----------------------------------------------------------------------

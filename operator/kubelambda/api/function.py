@@ -119,6 +119,12 @@ RUNTIME_XOR_IMAGE = CelRule(
     rule="has(self.runtime) != has(self.code.image)",
     message="runtime is required with inline or zip code and must be omitted with code.image",
 )
+NO_LAYERS_WITH_IMAGE = CelRule(
+    rule="!has(self.code.image) || !has(self.layers) || size(self.layers) == 0",
+    message=(
+        "container image functions cannot use layers (as on Lambda): put the files in the image"
+    ),
+)
 HANDLER_REQUIRED = CelRule(
     rule="has(self.handler) || !has(self.runtime) || self.runtime == 'provided'",
     message="handler is required for runtimes python3.11 and nodejs18",
@@ -280,7 +286,9 @@ class FunctionSpec(ApiModel):
     """Desired state of a Function: code, runtime and configuration of $LATEST."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel_rules(RUNTIME_XOR_IMAGE, HANDLER_REQUIRED, MIN_WITHIN_RESERVED)
+        json_schema_extra=cel_rules(
+            RUNTIME_XOR_IMAGE, NO_LAYERS_WITH_IMAGE, HANDLER_REQUIRED, MIN_WITHIN_RESERVED
+        )
     )
 
     runtime: Runtime | None = None
@@ -315,6 +323,7 @@ class FunctionSpec(ApiModel):
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:
         require((self.runtime is not None) != (self.code.image is not None), RUNTIME_XOR_IMAGE)
+        require(self.code.image is None or not self.layers, NO_LAYERS_WITH_IMAGE)
         require(
             self.handler is not None or self.runtime in (None, Runtime.PROVIDED), HANDLER_REQUIRED
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubelambda.controller import kube
-from kubelambda.controller.functions import now
+from kubelambda.controller.reporting import now
 from kubelambda.resources.names import FUNCTION_LABEL, LATEST
 from kubelambda.resources.status import READY, Observation
 

@@ -28,6 +28,15 @@ class OperatorConfig:
     """Namespaces to reconcile; empty means all."""
     health_port: int = 8081
     log_level: str = "info"
+    store_url: str = ""
+    """Base URL of the code store, as function pods reach it; empty: zip code needs a url."""
+    store_signing_key: str = ""
+    """Key of the per-blob read tokens the store accepts (shared with it through a Secret)."""
+
+    @property
+    def agent_image(self) -> str:
+        """The agent sidecar of image functions runs from the Python runtime image."""
+        return self.runtime_images["python3.11"]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -42,4 +51,6 @@ class OperatorConfig:
             watch_namespaces=namespaces,
             health_port=int(env.get("KUBELAMBDA_HEALTH_PORT", "8081")),
             log_level=env.get("KUBELAMBDA_LOG_LEVEL", "info"),
+            store_url=env.get("KUBELAMBDA_STORE_URL", "").rstrip("/"),
+            store_signing_key=env.get("KUBELAMBDA_STORE_SIGNING_KEY", ""),
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,7 +16,10 @@ from pydantic import ValidationError
 from kubelambda.api import FunctionSpec
 from kubelambda.controller import kube
 from kubelambda.controller.config import OperatorConfig
-from kubelambda.resources.code import FileSet, files_config_map, files_sha256
+from kubelambda.controller.layers import layer_content
+from kubelambda.controller.reporting import now, validation_message
+from kubelambda.controller.store import PackageUnavailable, package
+from kubelambda.resources.code import Content, FileSet, files_config_map, files_sha256
 from kubelambda.resources.function import (
     Workload,
     function_arn,
@@ -38,7 +40,13 @@ from kubelambda.resources.names import (
     version_slug,
     workload_name,
 )
-from kubelambda.resources.status import CONFIGURED, Observation, ready_condition
+from kubelambda.resources.status import (
+    CONFIGURED,
+    Observation,
+    deployment_rollout,
+    pod_problem,
+    ready_condition,
+)
 
 log = logging.getLogger(__name__)
 # Two writers of Function status, each server-side applying only what it owns: the reconcile
@@ -54,14 +62,6 @@ class NotReadyYet(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def validation_message(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
 
 
 def aliased_versions(namespace: str, function: str) -> set[str]:
@@ -148,16 +148,17 @@ class FunctionReconcile:
     def snapshot_hash(self, version: int) -> str:
         return str(self.versions[version]["metadata"]["annotations"][SNAPSHOT_HASH_ANNOTATION])
 
-    def ensure_code(self, spec: FunctionSpec) -> FileSet | None:
-        """The inline code's ConfigMap (created once: content-addressed and immutable)."""
+    def ensure_code(self, spec: FunctionSpec) -> Content | None:
+        """The zip package, or the inline code's ConfigMap (created once: content-addressed
+        and immutable); None for image functions."""
         if spec.code.image is not None:
             return None
-        if spec.code.inline is None:
-            raise NotReadyYet(
-                "CodeSourceUnsupported",
-                "zip code needs the in-cluster code store, which this operator version does not"
-                " run yet; use code.inline or code.image",
-            )
+        if spec.code.zip is not None:
+            try:
+                return package(self.config, spec.code.zip.sha256, spec.code.zip.url, "code")
+            except PackageUnavailable as problem:
+                raise NotReadyYet(problem.reason, str(problem)) from None
+        assert spec.code.inline is not None  # exactly one source, by validation
         name = code_config_map_name(self.name, files_sha256(spec.code.inline))
         config_map = files_config_map(
             name, spec.code.inline, {FUNCTION_LABEL: self.name}, owner_reference(self.body)
@@ -165,7 +166,7 @@ class FunctionReconcile:
         kube.create(config_map, self.namespace)
         return FileSet.from_config_map(config_map)
 
-    def resolve_layers(self, spec: FunctionSpec) -> list[FileSet]:
+    def resolve_layers(self, spec: FunctionSpec) -> list[Content]:
         layers = []
         for ref in spec.layers:
             name = layer_config_map_name(ref.name, ref.version)
@@ -174,7 +175,10 @@ class FunctionReconcile:
                 raise NotReadyYet(
                     "LayerNotFound", f"layer {ref.name} version {ref.version} does not exist"
                 )
-            layers.append(FileSet.from_config_map(config_map))
+            try:
+                layers.append(layer_content(self.config, config_map, ref.name, ref.version))
+            except PackageUnavailable as problem:
+                raise NotReadyYet(problem.reason, str(problem)) from None
         return layers
 
     def deploy(self, version: str, spec: FunctionSpec) -> dict[str, Any]:
@@ -191,6 +195,7 @@ class FunctionReconcile:
             code=self.ensure_code(spec),
             layers=self.resolve_layers(spec),
             region=self.config.region,
+            agent_image=self.config.agent_image,
         )
         deployment = kube.apply(function_deployment(workload), self.namespace)
         kube.apply(function_service(self.name, version, self.body), self.namespace)
@@ -260,7 +265,20 @@ def refresh_readiness(
     observation = Observation(
         status.get("conditions") or [], status.get("observedGeneration"), now()
     )
-    update: dict[str, Any] = {"conditions": [ready_condition(observation, latest_deployment)]}
+    problem = None
+    if not deployment_rollout(latest_deployment)[2]:
+        problem = latest_pod_problem(namespace, function)
+    update: dict[str, Any] = {
+        "conditions": [ready_condition(observation, latest_deployment, problem)]
+    }
     if latest_deployment is not None:
         update["replicas"] = replicas_status(latest_deployment)
     kube.apply_status("Function", function, namespace, update, READINESS_MANAGER)
+
+
+def latest_pod_problem(namespace: str, function: str) -> tuple[str, str] | None:
+    """Why a $LATEST pod cannot start, if one says so."""
+    pods = kube.list_objects(
+        "v1", "Pod", namespace, {FUNCTION_LABEL: function, VERSION_LABEL: version_slug(LATEST)}
+    )
+    return next(filter(None, map(pod_problem, pods)), None)

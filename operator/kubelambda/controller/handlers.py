@@ -14,7 +14,8 @@ from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.functions import NotReadyYet, reconcile_function, refresh_readiness
 from kubelambda.controller.kube import ignore_terminating_namespace
 from kubelambda.controller.layers import reconcile_layer
-from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL
+from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL, workload_name
+from kubelambda.resources.status import pod_problem
 
 GROUP, VERSION = "kubelambda.io", "v1alpha1"
 RETRY_SECONDS = 10
@@ -45,7 +46,7 @@ def function_changed(body: kopf.Body, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, "layers")
 @kopf.on.update(GROUP, VERSION, "layers")
 def layer_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile_layer(body)
+    reconcile_layer(body, CONFIG)
     # Functions waiting for a version of this layer need not wait for their retry timer.
     namespace, layer = body["metadata"]["namespace"], body["metadata"]["name"]
     for function in kube.list_objects(kube.GROUP_VERSION, "Function", namespace, {}):
@@ -108,3 +109,16 @@ def latest_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
             _reconcile_by_name(namespace, name)
         except kopf.TemporaryError:
             refresh_readiness(namespace, name, None)
+
+
+@kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT, VERSION_LABEL: "latest"})
+def latest_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """A $LATEST pod that cannot start (code not unpacked, image missing) changes no Deployment
+    status: report its reason on the Function from here."""
+    pod = event["object"]
+    if event["type"] == "DELETED" or pod_problem(pod) is None:
+        return
+    metadata = pod["metadata"]
+    namespace, name = metadata["namespace"], metadata["labels"][FUNCTION_LABEL]
+    deployment = kube.get("apps/v1", "Deployment", workload_name(name, "$LATEST"), namespace)
+    refresh_readiness(namespace, name, deployment)

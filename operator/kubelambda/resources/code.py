@@ -13,7 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubelambda.resources.names import MANAGED_BY, PATHS_ANNOTATION
+from kubelambda.resources.names import DOMAIN, MANAGED_BY, PATHS_ANNOTATION
+
+# On a layer version's ConfigMap: the zip package or image it stands for (JSON); absent for
+# inline content, whose files are the ConfigMap's data.
+CONTENT_ANNOTATION = f"{DOMAIN}/content"
 
 # Everything under these prefixes (and a top-level `bootstrap`) is made executable, so custom
 # runtimes and /opt/bin tools run; other files are read-only data.
@@ -109,3 +113,132 @@ def file_mounts(file_sets: Sequence[FileSet], root: str, volume_prefix: str) -> 
         for index, index_items in sorted(items.items())
     ]
     return FileMounts(volumes, mounts)
+
+
+@dataclass(frozen=True)
+class ZipPackage:
+    """A zip package fetched by the pod's unpack init container and checked against sha256."""
+
+    sha256: str
+    url: str
+    token: str | None
+    """Read token for the code store (None for a plain URL)."""
+    what: str
+    """How errors name it, e.g. ``code`` or ``layer tools version 2``."""
+
+
+@dataclass(frozen=True)
+class ImageContent:
+    """A layer shipped as a container image: its /opt is copied into the pod's /opt."""
+
+    image: str
+    what: str
+
+
+Content = FileSet | ZipPackage | ImageContent
+UNPACK_LIMIT_BYTES = 250 * 1024 * 1024
+# Room for Lambda's 250 MB of unzipped code and layers, with filesystem overhead.
+UNPACKED_DIR_SIZE = "300Mi"
+UNPACK_MEMORY = "192Mi"  # a 50 MB package is held in memory while it is checked
+
+
+@dataclass(frozen=True)
+class UnpackedFiles:
+    """Code and layers copied into emptyDirs by init containers, mounted read-only."""
+
+    volumes: list[dict[str, Any]]
+    init_containers: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def needs_unpack(code: Content | None, layers: Sequence[Content]) -> bool:
+    """Inline-only functions get their files mounted directly: no init container, faster."""
+    return not all(isinstance(c, FileSet) for c in (*([code] if code else []), *layers))
+
+
+def unpacked_files(
+    code: Content | None,
+    layers: Sequence[Content],
+    *,
+    unpack_image: str,
+    security_context: Mapping[str, Any],
+    task_root: str,
+    layers_root: str,
+) -> UnpackedFiles:
+    """Init containers that fill /var/task and /opt in order (later layers win).
+
+    Consecutive zip and inline sources share one unpack container (the runtime image running
+    ``kubelambda.agent.unpack``); each image layer is copied by a container of its own image,
+    which therefore needs ``cp``.
+    """
+    volumes: list[dict[str, Any]] = [
+        {"name": "task", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
+        {"name": "opt", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
+    ]
+    targets = [
+        {"name": "task", "mountPath": task_root},
+        {"name": "opt", "mountPath": layers_root},
+    ]
+    init_containers: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    sources: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not steps:
+            return
+        plan = {
+            "limitBytes": UNPACK_LIMIT_BYTES,
+            "roots": [task_root, layers_root],
+            "steps": list(steps),
+        }
+        init_containers.append(
+            {
+                "name": f"unpack-{len(init_containers)}",
+                "image": unpack_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "-m", "kubelambda.agent.unpack"],
+                "env": [{"name": "KUBELAMBDA_UNPACK", "value": json.dumps(plan)}],
+                "resources": {"limits": {"memory": UNPACK_MEMORY}},
+                "securityContext": dict(security_context),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": targets + list(sources),
+            }
+        )
+        steps.clear()
+        sources.clear()
+
+    entries = [(task_root, code)] if code else []
+    entries += [(layers_root, layer) for layer in layers]
+    for index, (target, content) in enumerate(entries):
+        if isinstance(content, ImageContent):
+            flush()
+            init_containers.append(
+                {
+                    "name": f"layer-{index}",
+                    "image": content.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["cp", "-R", f"{layers_root}/.", "/kubelambda/opt/"],
+                    "securityContext": dict(security_context),
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [{"name": "opt", "mountPath": "/kubelambda/opt"}],
+                }
+            )
+        elif isinstance(content, ZipPackage):
+            package = {"url": content.url, "sha256": content.sha256}
+            if content.token:
+                package["token"] = content.token
+            steps.append({"target": target, "zip": package, "what": content.what})
+        else:
+            source_dir = f"/kubelambda/src/{index}"
+            volumes.append({"name": f"src-{index}", "configMap": {"name": content.config_map}})
+            sources.append({"name": f"src-{index}", "mountPath": source_dir, "readOnly": True})
+            steps.append(
+                {
+                    "target": target,
+                    "files": {"dir": source_dir, "paths": dict(content.paths)},
+                    "what": content.config_map,
+                }
+            )
+    flush()
+    read_only = [{**mount, "readOnly": True} for mount in targets]
+    return UnpackedFiles(volumes, init_containers, read_only)

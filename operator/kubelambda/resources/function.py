@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda.api import FunctionSpec
-from kubelambda.resources.code import FileMounts, FileSet, file_mounts
+from kubelambda.resources.code import (
+    Content,
+    FileSet,
+    file_mounts,
+    needs_unpack,
+    unpacked_files,
+)
 from kubelambda.resources.names import (
     FUNCTION_LABEL,
     MANAGED_BY,
@@ -23,7 +29,11 @@ from kubelambda.resources.names import (
 )
 
 INVOKE_PORT = 8080
+RUNTIME_API_PORT = 9001
 RUNTIME_USER = 10001
+# On top of memoryMB and the memory-backed /tmp: the agent itself (about 22 MB RSS) and slack.
+# The agent, not the kernel, holds the runtime to memoryMB (it kills it past that).
+AGENT_MEMORY_MB = 64
 # Lambda allocates CPU in proportion to memory: 1,769 MB buys one full vCPU.
 MEMORY_MB_PER_VCPU = 1769
 # Fields of a spec that make up a version, as on Lambda; reserved concurrency, scaling, async
@@ -103,11 +113,17 @@ class Workload:
     function_arn: str
     owner: Mapping[str, Any]
     replicas: int = 1
-    code: FileSet | None = None
-    """Inline code (None for image functions)."""
-    layers: Sequence[FileSet] = field(default_factory=tuple)
+    code: Content | None = None
+    """Inline files or a zip package (None for image functions)."""
+    layers: Sequence[Content] = field(default_factory=tuple)
     """Layer contents in the order the spec lists them."""
     region: str = "us-east-1"
+    agent_image: str = ""
+    """Image of the agent sidecar of image functions (the Python runtime image)."""
+
+    @property
+    def is_image(self) -> bool:
+        return self.spec.code.image is not None
 
 
 def cpu_millicores(memory_mb: int) -> int:
@@ -129,12 +145,41 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
         "KUBELAMBDA_INVOKE_PORT": str(INVOKE_PORT),
     }
     if spec.runtime is None:
-        platform["KUBELAMBDA_RUNTIME"] = "image"
+        # The image runs its own entrypoint in the "function" container next to the agent.
+        platform["KUBELAMBDA_RUNTIME"] = "external"
+        platform["KUBELAMBDA_RUNTIME_API_PORT"] = str(RUNTIME_API_PORT)
     else:
         platform["KUBELAMBDA_RUNTIME"] = spec.runtime.value
     if spec.handler is not None:
         platform["_HANDLER"] = spec.handler
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in platform.items()]
+    env = [{"name": k, "value": v} for k, v in platform.items()]
+    # An image's runtime gets the function's variables in its own container.
+    return env if workload.is_image else env + function_variables(spec)
+
+
+def image_runtime_env(workload: Workload) -> list[dict[str, Any]]:
+    """Lambda's environment for an image's own runtime; its PATH and friends stay the image's."""
+    spec = workload.spec
+    lambda_env = {
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{RUNTIME_API_PORT}",
+        "LAMBDA_TASK_ROOT": TASK_ROOT,
+        "AWS_LAMBDA_FUNCTION_NAME": workload.function,
+        "AWS_LAMBDA_FUNCTION_VERSION": workload.version,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{workload.function}",
+        "AWS_REGION": workload.region,
+        "AWS_DEFAULT_REGION": workload.region,
+        "TZ": ":UTC",
+    }
+    if spec.handler is not None:
+        lambda_env["_HANDLER"] = spec.handler
+    return [{"name": k, "value": v} for k, v in lambda_env.items()] + function_variables(spec)
+
+
+def function_variables(spec: FunctionSpec) -> list[dict[str, Any]]:
+    """The function's own variables, secrets by reference."""
+    env: list[dict[str, Any]] = []
     environment = spec.environment
     if environment is not None:
         variables = environment.variables or {}
@@ -162,29 +207,54 @@ LOCKED_DOWN = {
 }
 
 
-def pod_files(workload: Workload) -> FileMounts:
-    """A sized /tmp; code at /var/task and layers at /opt, file by file and read-only."""
-    tmp = FileMounts(
-        [{"name": "tmp", "emptyDir": {"sizeLimit": f"{workload.spec.ephemeral_storage_mb}Mi"}}],
-        [{"name": "tmp", "mountPath": "/tmp"}],
-    )
-    code = file_mounts([workload.code] if workload.code else [], TASK_ROOT, "code")
-    layers = file_mounts(workload.layers, LAYERS_ROOT, "layer")
-    return FileMounts(
-        tmp.volumes + code.volumes + layers.volumes, tmp.mounts + code.mounts + layers.mounts
+@dataclass(frozen=True)
+class PodFiles:
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    init_containers: list[dict[str, Any]]
+
+
+def pod_files(workload: Workload) -> PodFiles:
+    """/tmp, code at /var/task and layers at /opt (read-only).
+
+    /tmp is memory-backed: the kernel sizes the tmpfs to ephemeralStorageMB, so a function that
+    fills it gets ENOSPC, as on Lambda, instead of the kubelet evicting the pod.
+    Inline-only code and layers are mounted file by file from ConfigMaps; zip packages and image
+    layers are unpacked into emptyDirs by init containers.
+    """
+    tmp_size = f"{workload.spec.ephemeral_storage_mb}Mi"
+    volumes = [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": tmp_size}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if needs_unpack(workload.code, workload.layers):
+        unpacked = unpacked_files(
+            workload.code,
+            workload.layers,
+            unpack_image=workload.image,
+            security_context=LOCKED_DOWN,
+            task_root=TASK_ROOT,
+            layers_root=LAYERS_ROOT,
+        )
+        return PodFiles(
+            volumes + unpacked.volumes, mounts + unpacked.mounts, unpacked.init_containers
+        )
+    inline = [c for c in [workload.code, *workload.layers] if isinstance(c, FileSet)]
+    code = file_mounts(inline[:1] if workload.code else [], TASK_ROOT, "code")
+    layers = file_mounts(inline[1:] if workload.code else inline, LAYERS_ROOT, "layer")
+    return PodFiles(
+        volumes + code.volumes + layers.volumes, mounts + code.mounts + layers.mounts, []
     )
 
 
-def function_deployment(workload: Workload) -> dict[str, Any]:
-    """The Deployment running one version of a function."""
+def memory_limit_mb(spec: FunctionSpec) -> int:
+    """memoryMB for the runtime, the /tmp tmpfs (charged to the container) and the agent."""
+    return spec.memory_mb + spec.ephemeral_storage_mb + AGENT_MEMORY_MB
+
+
+def agent_container(workload: Workload, image: str) -> dict[str, Any]:
     spec = workload.spec
-    name = workload_name(workload.function, workload.version)
-    labels = workload_labels(workload.function, workload.version)
-    files = pod_files(workload)
-    memory = f"{spec.memory_mb}Mi"
-    container = {
-        "name": "function",
-        "image": workload.image,
+    return {
+        "name": "agent" if workload.is_image else "function",
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
         "env": function_env(workload),
         "ports": [{"name": "invoke", "containerPort": INVOKE_PORT}],
@@ -197,12 +267,69 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
         # CPU requested in proportion to memory, but not capped: a CFS quota of a few dozen
         # millicores would stretch a cold start to seconds.
         "resources": {
-            "requests": {"cpu": f"{cpu_millicores(spec.memory_mb)}m", "memory": memory},
-            "limits": {"memory": memory},
+            "requests": {
+                "cpu": f"{cpu_millicores(spec.memory_mb)}m",
+                "memory": f"{spec.memory_mb}Mi",
+            },
+            "limits": {"memory": f"{memory_limit_mb(spec)}Mi"},
+        },
+        "securityContext": LOCKED_DOWN,
+    }
+
+
+def containers(workload: Workload, files: PodFiles) -> list[dict[str, Any]]:
+    """The agent runs the runtime itself; an image function's runtime is its own container."""
+    if not workload.is_image:
+        return [{**agent_container(workload, workload.image), "volumeMounts": files.mounts}]
+    agent = agent_container(workload, workload.agent_image)
+    agent["resources"] = {
+        "requests": {"cpu": "10m", "memory": f"{AGENT_MEMORY_MB // 2}Mi"},
+        "limits": {"memory": f"{AGENT_MEMORY_MB}Mi"},
+    }
+    spec = workload.spec
+    function = {
+        "name": "function",
+        "image": workload.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": image_runtime_env(workload),
+        "resources": {
+            "requests": {
+                "cpu": f"{cpu_millicores(spec.memory_mb)}m",
+                "memory": f"{spec.memory_mb}Mi",
+            },
+            "limits": {"memory": f"{spec.memory_mb + spec.ephemeral_storage_mb}Mi"},
         },
         "securityContext": LOCKED_DOWN,
         "volumeMounts": files.mounts,
     }
+    return [agent, function]
+
+
+def function_deployment(workload: Workload) -> dict[str, Any]:
+    """The Deployment running one version of a function."""
+    spec = workload.spec
+    name = workload_name(workload.function, workload.version)
+    labels = workload_labels(workload.function, workload.version)
+    files = pod_files(workload)
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # Let an in-flight invocation finish (the agent drains on SIGTERM).
+        "terminationGracePeriodSeconds": spec.timeout_seconds + 5,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_USER,
+            "runAsGroup": RUNTIME_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers(workload, files),
+        "volumes": files.volumes,
+    }
+    if files.init_containers:
+        pod_spec["initContainers"] = files.init_containers
+    if workload.is_image:
+        # The agent stops a timed-out image runtime by signalling its processes (same UID).
+        pod_spec["shareProcessNamespace"] = True
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -223,23 +350,7 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    # Let an in-flight invocation finish (the agent drains on SIGTERM).
-                    "terminationGracePeriodSeconds": spec.timeout_seconds + 5,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUNTIME_USER,
-                        "runAsGroup": RUNTIME_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": files.volumes,
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
 

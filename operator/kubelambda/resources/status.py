@@ -58,16 +58,64 @@ def deployment_rollout(deployment: Mapping[str, Any] | None) -> tuple[int, int, 
     return spec_replicas, ready, current and ready >= spec_replicas
 
 
+# Pod states that will not fix themselves: the Function's status says why it is not ready.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def _init_failure(status: Mapping[str, Any]) -> str | None:
+    state = status.get("state") or {}
+    if "running" in state or (state.get("terminated") or {}).get("exitCode") == 0:
+        return None
+    for terminated in (state.get("terminated"), (status.get("lastState") or {}).get("terminated")):
+        if terminated and terminated.get("exitCode"):
+            return str(terminated.get("message") or terminated.get("reason") or "failed").strip()
+    return None
+
+
+def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a function pod cannot start: its code could not be unpacked
+    (the unpack step's termination message) or a container is stuck."""
+    status = pod.get("status") or {}
+    for container in status.get("initContainerStatuses") or []:
+        failure = _init_failure(container)
+        if failure:
+            return "CodeUnavailable", failure
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING_REASONS:
+            message = str(waiting.get("message") or "").strip()
+            detail = f"{container.get('name')}: {waiting['reason']}"
+            return str(waiting["reason"]), f"{detail}: {message}" if message else detail
+    return None
+
+
 def ready_condition(
-    observation: Observation, latest_deployment: Mapping[str, Any] | None
+    observation: Observation,
+    latest_deployment: Mapping[str, Any] | None,
+    problem: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Ready: the function is configured and its $LATEST pods are rolled out and ready."""
+    """Ready: the function is configured and its $LATEST pods are rolled out and ready.
+
+    ``problem`` is a pod's reason not to start (``pod_problem``), reported while not ready.
+    """
     configured = next((c for c in observation.previous if c.get("type") == CONFIGURED), None)
     if configured is not None and configured.get("status") != "True":
         return observation.condition(
             READY, ok=False, reason=str(configured["reason"]), message=str(configured["message"])
         )
     desired, ready, rolled_out = deployment_rollout(latest_deployment)
+    if not rolled_out and problem is not None:
+        return observation.condition(READY, ok=False, reason=problem[0], message=problem[1])
     return observation.condition(
         READY,
         ok=rolled_out,

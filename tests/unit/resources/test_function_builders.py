@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from kubelambda.api import FunctionSpec
-from kubelambda.resources.code import FileSet
+from kubelambda.resources.code import FileSet, ImageContent, ZipPackage
 from kubelambda.resources.function import (
     Workload,
     cpu_millicores,
@@ -34,15 +35,16 @@ def spec(**fields: Any) -> FunctionSpec:
 
 
 def workload(function_spec: FunctionSpec, version: str = "$LATEST", **extra: Any) -> Workload:
+    inline = FileSet("fn-hello-code-abc", {"f000": "app.py"})
+    fields: dict[str, Any] = {"code": None if function_spec.code.image else inline} | extra
     return Workload(
         function="hello",
         version=version,
         spec=function_spec,
-        image="kubelambda/runtime-python3.11:dev",
+        image=function_spec.code.image or "kubelambda/runtime-python3.11:dev",
         function_arn="arn:aws:lambda:us-east-1:000000000000:function:hello",
         owner=OWNER,
-        code=None if function_spec.code.image else FileSet("fn-hello-code-abc", {"f000": "app.py"}),
-        **extra,
+        **fields,
     )
 
 
@@ -88,26 +90,29 @@ def test_pod_is_locked_down() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "memory", "tmp_limit", "grace"),
+    ("fields", "memory", "tmp_limit", "memory_limit", "grace"),
     [
-        ({}, "128Mi", "512Mi", 8),
+        ({}, "128Mi", "512Mi", "704Mi", 8),
         (
             {"memoryMB": 1024, "ephemeralStorageMB": 2048, "timeoutSeconds": 60},
             "1024Mi",
             "2048Mi",
+            "3136Mi",
             65,
         ),
     ],
 )
 def test_resources_tmp_and_grace(
-    fields: dict[str, Any], memory: str, tmp_limit: str, grace: int
+    fields: dict[str, Any], memory: str, tmp_limit: str, memory_limit: str, grace: int
 ) -> None:
+    """/tmp is a tmpfs of ephemeralStorageMB charged to the container, so the limit has room
+    for it; the agent holds the runtime itself to memoryMB."""
     pod = pod_spec(function_deployment(workload(spec(**fields))))
     resources = pod["containers"][0]["resources"]
-    assert resources["limits"] == {"memory": memory}
+    assert resources["limits"] == {"memory": memory_limit}
     assert resources["requests"]["memory"] == memory
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
-    assert tmp["emptyDir"]["sizeLimit"] == tmp_limit
+    assert tmp["emptyDir"] == {"medium": "Memory", "sizeLimit": tmp_limit}
     assert pod["terminationGracePeriodSeconds"] == grace
 
 
@@ -115,7 +120,7 @@ def test_resources_tmp_and_grace(
     ("code", "mounts"),
     [
         (INLINE, {"/tmp": None, "/var/task/app.py": True}),
-        ({"image": "example/fn:1"}, {"/tmp": None}),
+        ({"image": "example/fn:1"}, {}),
     ],
 )
 def test_code_is_mounted_read_only(code: dict[str, Any], mounts: dict[str, Any]) -> None:
@@ -130,7 +135,9 @@ def test_code_is_mounted_read_only(code: dict[str, Any], mounts: dict[str, Any])
         }
     )
     pod = pod_spec(function_deployment(workload(function_spec)))
-    found = {m["mountPath"]: m.get("readOnly") for m in pod["containers"][0]["volumeMounts"]}
+    found = {
+        m["mountPath"]: m.get("readOnly") for m in pod["containers"][0].get("volumeMounts", [])
+    }
     assert found == mounts
 
 
@@ -198,3 +205,88 @@ def test_revision_round_trips_the_snapshot() -> None:
     assert revision["metadata"]["name"] == "fn-hello-r4"
     assert revision["revision"] == 4
     assert FunctionSpec.model_validate(revision["data"]).memory_mb == 512
+
+
+ZIP = ZipPackage("a" * 64, "http://store/v1/blobs/" + "a" * 64, "tok", "code")
+
+
+def unpack_plans(pod: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    return [
+        json.loads(c["env"][0]["value"])["steps"]
+        for c in pod["initContainers"]
+        if c["name"].startswith("unpack")
+    ]
+
+
+def test_zip_code_is_unpacked_by_an_init_container_and_mounted_read_only() -> None:
+    pod = pod_spec(function_deployment(workload(spec(), code=ZIP)))
+    (init,) = pod["initContainers"]
+    assert init["image"] == "kubelambda/runtime-python3.11:dev"
+    assert init["command"] == ["python3", "-m", "kubelambda.agent.unpack"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    assert unpack_plans(pod) == [
+        [
+            {
+                "target": "/var/task",
+                "zip": {"url": ZIP.url, "sha256": ZIP.sha256, "token": "tok"},
+                "what": "code",
+            }
+        ]
+    ]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/var/task"]["readOnly"] is True
+    assert mounts["/opt"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/var/task"]["name"]]
+
+
+def test_layers_keep_their_order_across_inline_zip_and_image_content() -> None:
+    """Runs of zip/inline sources share an unpack container; an image layer splits them, so
+    a later layer always lands after (and over) an earlier one."""
+    layers = (
+        ZipPackage("b" * 64, "http://example/b.zip", None, "layer b version 1"),
+        FileSet("layer-c-v1", {"f000": "bin/tool"}),
+        ImageContent("example/layer-d:1", "layer d version 1"),
+        ZipPackage("e" * 64, "http://example/e.zip", None, "layer e version 3"),
+    )
+    pod = pod_spec(function_deployment(workload(spec(), code=ZIP, layers=layers)))
+    assert [c["name"] for c in pod["initContainers"]] == ["unpack-0", "layer-3", "unpack-2"]
+    first, second = unpack_plans(pod)
+    assert [(s["target"], s.get("what")) for s in first] == [
+        ("/var/task", "code"),
+        ("/opt", "layer b version 1"),
+        ("/opt", "layer-c-v1"),
+    ]
+    assert first[2]["files"] == {"dir": "/kubelambda/src/2", "paths": {"f000": "bin/tool"}}
+    assert [s["what"] for s in second] == ["layer e version 3"]
+    copy = pod["initContainers"][1]
+    assert copy["image"] == "example/layer-d:1"
+    assert copy["command"] == ["cp", "-R", "/opt/.", "/kubelambda/opt/"]
+    source_mounts = [m["name"] for m in pod["initContainers"][0]["volumeMounts"]]
+    assert source_mounts == ["task", "opt", "src-2"]
+
+
+def test_image_function_runs_its_own_entrypoint_next_to_the_agent() -> None:
+    function_spec = FunctionSpec.model_validate(
+        {"code": {"image": "example/fn:1"}, "environment": {"variables": {"MODE": "x"}}}
+    )
+    pod = pod_spec(
+        function_deployment(
+            workload(function_spec, agent_image="kubelambda/runtime-python3.11:dev")
+        )
+    )
+    assert pod["shareProcessNamespace"] is True
+    agent, function = pod["containers"]
+    assert (agent["name"], agent["image"]) == ("agent", "kubelambda/runtime-python3.11:dev")
+    assert "command" not in function
+    assert "args" not in function
+    assert function["image"] == "example/fn:1"
+    agent_env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert agent_env["KUBELAMBDA_RUNTIME"] == "external"
+    assert "MODE" not in agent_env
+    function_env_ = {e["name"]: e.get("value") for e in function["env"]}
+    assert function_env_["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
+    assert function_env_["MODE"] == "x"
+    # The image keeps its own search paths.
+    assert "PATH" not in function_env_
+    assert function["securityContext"]["readOnlyRootFilesystem"] is True

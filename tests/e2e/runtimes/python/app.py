@@ -117,7 +117,12 @@ def layers(event, context):
     )
     with open("/opt/etc/which.txt") as f:
         which_file = f.read().strip()
+    image_tool = subprocess.run(["image-tool", "ok"], capture_output=True, text=True, check=False)
+    import image_layer  # noqa: PLC0415 - from the image layer
+
     return {
+        "image_tool_stdout": image_tool.stdout,
+        "image_module": image_layer.NAME,
         "greeting": greeting.greet("lambda"),
         "greeting_file": greeting.__file__,
         "which_module": which_layer.NAME,

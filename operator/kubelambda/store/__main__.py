@@ -1,0 +1,3 @@
+from kubelambda.store.server import main
+
+main()

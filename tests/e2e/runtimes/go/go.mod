@@ -1,0 +1,3 @@
+module kubelambda.io/e2e/bootstrap
+
+go 1.22
