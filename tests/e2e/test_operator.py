@@ -83,13 +83,20 @@ def test_function_pod_is_locked_down(namespace: str) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["resources"]["limits"]["memory"] == "256Mi"
+    # memoryMB + the tmpfs /tmp + the agent's 64 MiB; the agent holds the runtime to memoryMB.
+    assert container["resources"]["limits"]["memory"] == "1344Mi"
+    assert container["resources"]["requests"]["memory"] == "256Mi"
     assert container["resources"]["requests"]["cpu"] == "145m"
     code_mounts = [m for m in container["volumeMounts"] if m["mountPath"].startswith("/var/task/")]
     assert [m["mountPath"] for m in code_mounts] == ["/var/task/app.py"]
     assert all(m["readOnly"] is True for m in code_mounts)
     tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
-    assert tmp["emptyDir"]["sizeLimit"] == "1Gi"
+    assert tmp["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    # The kernel sizes the tmpfs itself: writes past it fail with ENOSPC.
+    mounts = kubectl("exec", "-n", namespace, pod["metadata"]["name"], "--", "cat", "/proc/mounts")
+    tmp_mount = next(line for line in mounts.splitlines() if line.split()[1] == "/tmp")
+    assert tmp_mount.split()[2] == "tmpfs"
+    assert "size=1048576k" in tmp_mount
     # The running process really is unprivileged: uid 10001, no capabilities.
     status_lines = kubectl(
         "exec", "-n", namespace, pod["metadata"]["name"], "--", "cat", "/proc/1/status"
@@ -171,6 +178,40 @@ def test_versions_are_published_and_kept_while_an_alias_uses_them(namespace: str
         "version 1's Deployment to be removed",
     )
     assert owned(namespace, "versioned")["services"] == ["fn-versioned-latest"]
+
+
+def code_config_maps(namespace: str, name: str) -> list[str]:
+    return [cm for cm in owned(namespace, name)["configmaps"] if "-code-" in cm]
+
+
+def test_superseded_code_is_removed_once_no_pod_mounts_it(namespace: str) -> None:
+    apply(function("recoded"), namespace)
+    wait_for_condition("function", "recoded", namespace)
+    (first,) = code_config_maps(namespace, "recoded")
+    for round_ in range(2):
+        code = {"app.py": f"def handler(event, context):\n    return {round_}\n"}
+        apply(function("recoded", code={"inline": code}), namespace)
+        wait_until(
+            lambda round_=round_: (
+                invoke(function_pod_url("recoded", namespace))[2] == str(round_).encode()
+            ),
+            90,
+            f"code round {round_} to roll out",
+        )
+    # Once the first code's pods are gone, the next reconcile drops its ConfigMap; the code
+    # that $LATEST runs stays.
+    wait_until(
+        lambda: first not in code_config_maps(namespace, "recoded"), 60, "the first code removed"
+    )
+    current = code_config_maps(namespace, "recoded")
+    deployment = get("deployment", "fn-recoded-latest", namespace)
+    mounted = {
+        v["configMap"]["name"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "configMap" in v
+    }
+    assert mounted <= set(current)
+    assert len(current) <= 2
 
 
 def test_missing_layer_is_reported_then_resolved_without_crash_loop(namespace: str) -> None:

@@ -19,7 +19,13 @@ from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.layers import layer_content
 from kubelambda.controller.reporting import now, validation_message
 from kubelambda.controller.store import PackageUnavailable, package
-from kubelambda.resources.code import Content, FileSet, files_config_map, files_sha256
+from kubelambda.resources.code import (
+    Content,
+    FileSet,
+    config_maps_in_use,
+    files_config_map,
+    files_sha256,
+)
 from kubelambda.resources.function import (
     Workload,
     function_arn,
@@ -115,10 +121,10 @@ class FunctionReconcile:
             latest = self.deploy(LATEST, spec)
             wanted = aliased_versions(self.namespace, self.name) & {str(v) for v in self.versions}
             for version in sorted(wanted, key=int):
-                self.deploy(
-                    version, FunctionSpec.model_validate(self.versions[int(version)]["data"])
-                )
+                version_spec = FunctionSpec.model_validate(self.versions[int(version)]["data"])
+                self.deploy(version, version_spec)
             self.remove_unused_workloads({LATEST, *wanted})
+            remove_unused_code(self.namespace, self.name)
         except NotReadyYet as problem:
             self.not_configured(problem.reason, str(problem))
             raise
@@ -282,3 +288,20 @@ def latest_pod_problem(namespace: str, function: str) -> tuple[str, str] | None:
         "v1", "Pod", namespace, {FUNCTION_LABEL: function, VERSION_LABEL: version_slug(LATEST)}
     )
     return next(filter(None, map(pod_problem, pods)), None)
+
+
+def remove_unused_code(namespace: str, function: str) -> None:
+    """Delete inline-code ConfigMaps of superseded code: those no Deployment of the function
+    and no remaining pod (e.g. of a finishing rollout) mounts. Runs after each reconcile and
+    whenever a function pod goes away."""
+    selector = {FUNCTION_LABEL: function}
+    deployments = kube.list_objects("apps/v1", "Deployment", namespace, selector)
+    pods = kube.list_objects("v1", "Pod", namespace, selector)
+    in_use = config_maps_in_use(
+        [d["spec"]["template"]["spec"] for d in deployments] + [pod["spec"] for pod in pods]
+    )
+    for config_map in kube.list_objects("v1", "ConfigMap", namespace, selector):
+        name = config_map["metadata"]["name"]
+        if name not in in_use:
+            log.info("removing %s/%s: superseded code", namespace, name)
+            kube.delete("v1", "ConfigMap", name, namespace)

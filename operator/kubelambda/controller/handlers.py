@@ -11,7 +11,12 @@ import kopf
 from kubelambda.controller import kube
 from kubelambda.controller.aliases import update_alias_status
 from kubelambda.controller.config import OperatorConfig
-from kubelambda.controller.functions import NotReadyYet, reconcile_function, refresh_readiness
+from kubelambda.controller.functions import (
+    NotReadyYet,
+    reconcile_function,
+    refresh_readiness,
+    remove_unused_code,
+)
 from kubelambda.controller.kube import ignore_terminating_namespace
 from kubelambda.controller.layers import reconcile_layer
 from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL, workload_name
@@ -111,14 +116,19 @@ def latest_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
             refresh_readiness(namespace, name, None)
 
 
-@kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT, VERSION_LABEL: "latest"})
-def latest_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
-    """A $LATEST pod that cannot start (code not unpacked, image missing) changes no Deployment
-    status: report its reason on the Function from here."""
+@kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT})
+def function_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """A pod that goes away may have held the last mount of superseded code. A $LATEST pod
+    that cannot start (code not unpacked, image missing) changes no Deployment status: its
+    reason is reported on the Function from here."""
     pod = event["object"]
-    if event["type"] == "DELETED" or pod_problem(pod) is None:
-        return
     metadata = pod["metadata"]
     namespace, name = metadata["namespace"], metadata["labels"][FUNCTION_LABEL]
+    if event["type"] == "DELETED":
+        with ignore_terminating_namespace():
+            remove_unused_code(namespace, name)
+        return
+    if metadata["labels"].get(VERSION_LABEL) != "latest" or pod_problem(pod) is None:
+        return
     deployment = kube.get("apps/v1", "Deployment", workload_name(name, "$LATEST"), namespace)
     refresh_readiness(namespace, name, deployment)

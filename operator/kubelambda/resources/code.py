@@ -115,6 +115,16 @@ def file_mounts(file_sets: Sequence[FileSet], root: str, volume_prefix: str) -> 
     return FileMounts(volumes, mounts)
 
 
+def config_maps_in_use(pod_specs: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Names of the ConfigMaps these pod specs mount as volumes."""
+    return {
+        volume["configMap"]["name"]
+        for pod_spec in pod_specs
+        for volume in pod_spec.get("volumes") or []
+        if "configMap" in volume
+    }
+
+
 @dataclass(frozen=True)
 class ZipPackage:
     """A zip package fetched by the pod's unpack init container and checked against sha256."""
