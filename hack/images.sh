@@ -35,6 +35,7 @@ for runtime in python nodejs provided; do
   mkdir -p "$context_root/$name"
   agent_tree "$context_root/$name"
   cp "$repo_root/runtime-images/$runtime/"* "$context_root/$name/"
+  cp -r "$repo_root/runtime-images/launchers" "$context_root/$name/launchers"
   build "$name" "$repo_root/runtime-images/$runtime"
 done
 

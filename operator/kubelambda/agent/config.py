@@ -12,6 +12,10 @@ DEFAULT_TASK_ROOT = "/var/task"
 DEFAULT_RUNTIME_DIR = "/opt/kubelambda/runtime"
 LAMBDA_PATH = ("/var/lang/bin", "/usr/local/bin", "/usr/bin", "/bin", "/opt/bin")
 INTERNAL_PREFIX = "KUBELAMBDA_"
+EXTERNAL = "external"
+# Where the agent's own package lives (/var/runtime/lib in the runtime images): on the
+# agent's PYTHONPATH, but function code must not be able to import the agent.
+AGENT_LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ConfigError(ValueError):
@@ -39,6 +43,14 @@ class AgentConfig:
     """Environment of every runtime process, minus the per-process variables."""
     bootstrap_candidates: tuple[str, ...] = ()
     """Where the runtime executable was looked up (custom runtimes), for the error message."""
+    enforce_memory: bool = True
+    """SIGKILL a runtime whose RSS exceeds ``memory_mb`` (the container limit is larger)."""
+    proc_root: str = "/proc"
+    """External mode: where the runtime's processes are looked up (a test injects its own)."""
+
+    @property
+    def external(self) -> bool:
+        return self.runtime == EXTERNAL
 
 
 def bootstrap_candidates(runtime: str, task_root: str) -> tuple[str, ...]:
@@ -61,6 +73,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
 
 
 def _timeout(environ: Mapping[str, str]) -> float:
@@ -98,6 +121,8 @@ def _is_executable(path: str) -> bool:
 def runtime_command(
     runtime: str, explicit: str, runtime_dir: str, candidates: tuple[str, ...]
 ) -> tuple[str, ...]:
+    if runtime == EXTERNAL:
+        return ()  # the runtime is another container's entrypoint
     if explicit.strip():
         return parse_command(explicit)
     if runtime.startswith("python3"):
@@ -121,6 +146,15 @@ def execution_env(runtime: str) -> str | None:
     return None
 
 
+def _without_agent_lib(inherited: str, agent_lib: str) -> str:
+    """The image's PYTHONPATH (the agent's lib dir alone) is the agent's, not the function's.
+    A PYTHONPATH set by the function's variables (anything else) passes through as is."""
+    entries = [p for p in inherited.split(":") if p]
+    if entries and all(os.path.realpath(p) == os.path.realpath(agent_lib) for p in entries):
+        return ""
+    return inherited
+
+
 def _merge_paths(lambda_entries: list[str], inherited: str, inherited_first: bool) -> str:
     own = [p for p in inherited.split(":") if p]
     first, second = (own, lambda_entries) if inherited_first else (lambda_entries, own)
@@ -139,9 +173,12 @@ def build_runtime_env(
     initialization_type: str,
     task_root: str,
     runtime_dir: str,
+    agent_lib: str = AGENT_LIB_DIR,
 ) -> dict[str, str]:
     """The Lambda environment: function variables pass through, agent ones do not."""
     env = {k: v for k, v in environ.items() if not k.startswith(INTERNAL_PREFIX)}
+    inherited = dict(environ)
+    inherited["PYTHONPATH"] = _without_agent_lib(environ.get("PYTHONPATH", ""), agent_lib)
     # Image functions keep their own search paths first (venvs, custom interpreters);
     # managed runtimes get Lambda's order.
     image = runtime == "image"
@@ -167,7 +204,7 @@ def build_runtime_env(
         "PYTHONPATH": [task_root, "/opt/python", "/opt/python/lib/python3.11/site-packages"],
     }
     for name, entries in paths.items():
-        env[name] = _merge_paths(entries, environ.get(name, ""), inherited_first=image)
+        env[name] = _merge_paths(entries, inherited.get(name, ""), inherited_first=image)
     env.update(
         {
             "_HANDLER": handler,
@@ -207,6 +244,9 @@ def load_config(environ: Mapping[str, str]) -> AgentConfig:
     explicit = environ.get("KUBELAMBDA_RUNTIME_COMMAND", "")
     candidates = () if explicit.strip() else bootstrap_candidates(runtime, task_root)
     command = runtime_command(runtime, explicit, runtime_dir, candidates)
+    concurrency = _int(environ, "KUBELAMBDA_CONCURRENCY", 1, 1)
+    if runtime == EXTERNAL and concurrency != 1:
+        raise ConfigError("KUBELAMBDA_RUNTIME=external serves one runtime: concurrency must be 1")
     return AgentConfig(
         function_name=function_name,
         version=version,
@@ -214,7 +254,7 @@ def load_config(environ: Mapping[str, str]) -> AgentConfig:
         handler=handler,
         region=region,
         timeout_s=_timeout(environ),
-        concurrency=_int(environ, "KUBELAMBDA_CONCURRENCY", 1, 1),
+        concurrency=concurrency,
         runtime=runtime,
         command=command,
         function_arn=environ.get("KUBELAMBDA_FUNCTION_ARN")
@@ -237,4 +277,6 @@ def load_config(environ: Mapping[str, str]) -> AgentConfig:
             runtime_dir=runtime_dir,
         ),
         bootstrap_candidates=candidates,
+        enforce_memory=_flag(environ, "KUBELAMBDA_ENFORCE_MEMORY", True),
+        proc_root=environ.get("KUBELAMBDA_PROC_ROOT") or "/proc",
     )

@@ -30,6 +30,14 @@ def exited(request_id: str, how: str) -> bytes:
     )
 
 
+def exited_without_reason(request_id: str) -> bytes:
+    """Lambda's wording when the runtime's exit status is unknown (external runtimes)."""
+    return function_error(
+        "Runtime.ExitError",
+        f"RequestId: {request_id} Error: Runtime exited without providing a reason",
+    )
+
+
 def out_of_memory(request_id: str) -> bytes:
     return function_error(
         "Runtime.OutOfMemory",

@@ -179,6 +179,12 @@ class Connection(asyncio.Protocol):
         return self._transport is None or self._transport.is_closing()
 
     @property
+    def abandoned(self) -> bool:
+        """Closed, or the client shut down its side: for a held request (a runtime blocked
+        in /next) that means the client process is gone."""
+        return self._eof or self.closed
+
+    @property
     def flushed(self) -> bool:
         return self._transport is None or self._transport.get_write_buffer_size() == 0
 

@@ -6,7 +6,6 @@ import binascii
 import json
 import os
 import time
-import uuid
 
 from kubelambda.agent import errors, logs
 from kubelambda.agent.config import AgentConfig
@@ -50,9 +49,39 @@ _BAD_DEADLINE = _service_error(
 )
 
 
+class _RandomHex:
+    """Random hex digits for request and trace ids, taken from the kernel 4 KiB at a time:
+    one getrandom call per ~70 invocations instead of three on every invocation's path."""
+
+    __slots__ = ("_digits", "_pos")
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._pos = 0
+
+    def take(self, count: int) -> str:
+        pos = self._pos
+        if pos + count > len(self._digits):
+            self._digits = os.urandom(4096).hex()
+            pos = 0
+        self._pos = pos + count
+        return self._digits[pos : pos + count]
+
+
+_random = _RandomHex()
+# uuid4: the variant nibble is 10xx in binary.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())``."""
+    h = _random.take(32)
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
 def new_trace_id() -> str:
-    root = f"1-{int(time.time()):08x}-{os.urandom(12).hex()}"
-    return f"Root={root};Parent={os.urandom(8).hex()};Sampled=0"
+    root = f"1-{int(time.time()):08x}-{_random.take(24)}"
+    return f"Root={root};Parent={_random.take(16)};Sampled=0"
 
 
 def decode_client_context(value: str) -> str:
@@ -126,7 +155,7 @@ class InvokeEndpoint:
             conn.respond(_BUSY)
             return
         inv = Invocation(
-            headers.get("x-kubelambda-request-id") or str(uuid.uuid4()),
+            headers.get("x-kubelambda-request-id") or new_request_id(),
             request.body or b"{}",  # Lambda hands an empty payload to the function as {}
             headers.get("x-kubelambda-invoked-arn") or self._arn,
             headers.get("x-amzn-trace-id") or new_trace_id(),

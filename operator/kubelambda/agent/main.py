@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from kubelambda.agent.config import AgentConfig, ConfigError, load_config
 from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+from kubelambda.agent.external import ExternalSlot
 from kubelambda.agent.httpio import serve as serve_http
 from kubelambda.agent.invoke import InvokeEndpoint
 from kubelambda.agent.procs import Reaper
@@ -53,7 +54,8 @@ async def serve(config: AgentConfig) -> None:
     reaper = Reaper()
     loop.add_signal_handler(signal.SIGCHLD, reaper.reap)
 
-    slots = [RuntimeSlot(i, config, reaper) for i in range(config.concurrency)]
+    slot_type = ExternalSlot if config.external else RuntimeSlot
+    slots = [slot_type(i, config, reaper) for i in range(config.concurrency)]
     api_servers = [
         await serve_http(RuntimeApi(slot).handle, "127.0.0.1", slot.port, MAX_RESPONSE_BYTES)
         for slot in slots

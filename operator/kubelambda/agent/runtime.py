@@ -6,6 +6,13 @@ exit answers ``Runtime.ExitError`` / ``Runtime.OutOfMemory`` for the running inv
 either, an initialized runtime is restarted at once (the next REPORT carries Init Duration).
 A runtime that fails during init is restarted lazily, by the next invocation assigned to it,
 so a broken function re-runs its init per invocation like Lambda instead of crash-looping.
+
+Memory cap: the container's memory limit is larger than the function's memory size (a tmpfs
+/tmp is charged to it), so the kernel does not stop a runtime at the memory size; the agent
+does. While an invocation runs, and during init, the runtime's process-tree RSS is sampled
+every ``SAMPLE_S``; above the memory size the runtime is SIGKILLed and the invocation answers
+``Runtime.OutOfMemory``. An allocation that comes and goes between two samples escapes the
+cap; the container limit still bounds it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ INIT_ERROR_EXIT_GRACE_S = 1.0
 # A SIGKILLed runtime whose sampled peak RSS reached this share of the memory size is
 # reported as out of memory even without cgroup evidence.
 OOM_RSS_SHARE = 0.9
+# RSS sampling for the memory cap: fast enough to catch an allocation of a few hundred MB
+# before it completes; one pread of an open statm file per sample.
+SAMPLE_S = 0.015
 
 _ACCEPTED = json_response(202, errors.STATUS_OK)
 _INVALID_ID = json_response(400, errors.INVALID_REQUEST_ID)
@@ -112,7 +122,7 @@ class RuntimeSlot:
         self._reaper = reaper
         self._loop = asyncio.get_running_loop()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._memory: procs.MemoryProbe | None = None
+        self._memory: procs.Probe | None = None
         self._fd = -1
         self._echo = logs.LineEcho()
         # Agent log lines not yet written: START waits for the next write (runtime output,
@@ -127,6 +137,10 @@ class RuntimeSlot:
         self._oom_baseline = 0
         self._idle_kb = 0  # RSS after init: the floor of what a crashed runtime used
         self._peak_kb = 0  # sampled while an invocation runs
+        self._limit_kb = config.memory_mb * 1024
+        self._enforce = config.enforce_memory
+        self._sample_s: float | None = SAMPLE_S if config.enforce_memory else None
+        self._sampler: asyncio.TimerHandle | None = None
         self._waiter: Connection | None = None  # a runtime blocked in GET /next
         self._delivered = False
         self._stopping = False
@@ -143,7 +157,7 @@ class RuntimeSlot:
     @property
     def warm(self) -> bool:
         """A runtime is blocked in /next: an invocation starts without delay."""
-        return self._waiter is not None and not self._waiter.closed
+        return self._waiter is not None and not self._waiter.abandoned
 
     @property
     def alive(self) -> bool:
@@ -183,6 +197,7 @@ class RuntimeSlot:
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._on_output)
         self._reaper.watch(proc.pid, self._on_exit)
+        self._sample_soon()  # the cap applies during init too
 
     def _spawn_failed(self, exc: OSError) -> None:
         self.settled = True
@@ -206,6 +221,17 @@ class RuntimeSlot:
     def kill(self) -> None:
         if self._proc is not None:
             procs.kill_group(self._proc.pid)
+
+    def _kill_runtime(self) -> None:
+        """Kill the runtime for good (timeout, memory): an invocation assigned from now on
+        waits for a fresh one."""
+        if self._proc is not None:
+            procs.kill_group(self._proc.pid)
+            self._doomed = True
+
+    def _oom_evidence(self) -> bool:
+        """The kernel OOM-killed something in this container since the runtime started."""
+        return procs.cgroup_oom_kills() > self._oom_baseline
 
     def _on_exit(self, code: int) -> None:
         proc, self._proc = self._proc, None
@@ -239,26 +265,76 @@ class RuntimeSlot:
         elif self._proc is None:
             self.spawn()
 
-    def _exit_error(self, inv: Invocation, code: int) -> tuple[bytes, str, int]:
-        """(body, REPORT status, peak KiB) for an invocation whose runtime exited; logs the
-        error lines Lambda logs for it."""
+    def _exit_error(self, inv: Invocation, code: int | None) -> tuple[bytes, str, int]:
+        """(body, REPORT status, peak KiB) for an invocation whose runtime exited (``code``
+        None: with an unknown status); logs the error lines Lambda logs for it."""
         request_id = inv.request_id
-        how = procs.describe_exit(code)
-        limit_kb = self._config.memory_mb * 1024
         error_type = "Runtime.ExitError"
-        body = errors.exited(request_id, how)
         peak_kb = self._peak_kb
-        if code == -signal.SIGKILL and (
-            procs.cgroup_oom_kills() > self._oom_baseline or peak_kb >= limit_kb * OOM_RSS_SHARE
-        ):
-            error_type = "Runtime.OutOfMemory"
-            body = errors.out_of_memory(request_id)
-            # Killed at the limit, usually between two samples of the peak: like Lambda,
-            # the REPORT shows the whole memory size as used.
-            peak_kb = limit_kb
-        line = f"RequestId: {request_id} Error: Runtime exited with error: {how}\n{error_type}\n"
-        self._log(inv, line.encode())
+        if code is None:
+            body = errors.exited_without_reason(request_id)
+            reason = "Runtime exited without providing a reason"
+        else:
+            how = procs.describe_exit(code)
+            body = errors.exited(request_id, how)
+            reason = f"Runtime exited with error: {how}"
+            if code == -signal.SIGKILL and (
+                self._oom_evidence() or peak_kb >= self._limit_kb * OOM_RSS_SHARE
+            ):
+                error_type = "Runtime.OutOfMemory"
+                body = errors.out_of_memory(request_id)
+                # Killed at the limit, usually between two samples of the peak: like
+                # Lambda, the REPORT shows the whole memory size as used.
+                peak_kb = self._limit_kb
+        self._start_late(inv)
+        self._log(inv, f"RequestId: {request_id} Error: {reason}\n{error_type}\n".encode())
         return body, f"Status: error\tError Type: {error_type}", peak_kb
+
+    # --- memory cap ------------------------------------------------------------------------
+
+    def _sample_soon(self) -> None:
+        if self._sampler is None and self._sample_s is not None:
+            self._sampler = self._loop.call_later(self._sample_s, self._sample)
+
+    def _sampling(self) -> bool:
+        """Whether the runtime is to be watched now: initializing or running an invocation.
+        An idle runtime is not sampled; the sampler stops by itself then (not cancelled per
+        invocation, which would cost a timer on every invocation's path)."""
+        return (
+            self._proc is not None
+            and not self._doomed
+            and (self._delivered or not self._initialized)
+        )
+
+    def _sample(self) -> None:
+        self._sampler = None
+        if not self._sampling() or self._runtime_gone():
+            return
+        if self._enforce and self._memory is not None:
+            rss_kb = self._memory.rss_kb()
+            if rss_kb > self._limit_kb:
+                self._over_memory(rss_kb)
+                return
+        self._sample_soon()
+
+    def _runtime_gone(self) -> bool:
+        """External runtimes: detect and handle their exit (a child's is reaped instead)."""
+        return False
+
+    def _over_memory(self, rss_kb: int) -> None:
+        """The runtime uses more than the memory size: kill it, like Lambda's OOM."""
+        self._kill_runtime()
+        inv = self.current
+        how = "Runtime exited with error: signal: killed"
+        if inv is None:  # during init, with no invocation waiting for it
+            mb = (rss_kb + 1023) // 1024
+            line = f"Error: {how} (init used {mb} MB)\nRuntime.OutOfMemory\n"
+            logs.write_stdout(line.encode())
+            return
+        self._start_late(inv)
+        self._log(inv, f"RequestId: {inv.request_id} Error: {how}\nRuntime.OutOfMemory\n".encode())
+        status = "Status: error\tError Type: Runtime.OutOfMemory"
+        self._finish(inv, errors.out_of_memory(inv.request_id), True, status, self._limit_kb)
 
     # --- runtime output --------------------------------------------------------------------
 
@@ -323,13 +399,17 @@ class RuntimeSlot:
         if inv.deadline_ms is not None:
             self._arm(inv, inv.deadline_ms / 1000 - time.time())
         waiter = self._waiter
-        if waiter is not None and not waiter.closed:
+        if waiter is not None and not waiter.abandoned:
             self._waiter = None
             self._deliver(inv)
             waiter.respond(inv.next_response())
             return
         if inv.deadline_ms is None:
             self._arm(inv, self._config.timeout_s + INIT_GRACE_S)
+        self._await_runtime()
+
+    def _await_runtime(self) -> None:
+        """An invocation waits for the runtime's /next: start a runtime if there is none."""
         if self._proc is None and not self._stopping:
             self.spawn()
 
@@ -344,6 +424,7 @@ class RuntimeSlot:
             self._arm(inv, self._config.timeout_s)
         self._delivered = True
         self._peak_kb = self._idle_kb
+        self._sample_soon()
         inv.started = time.perf_counter()
         self._log(inv, logs.start_line(inv.request_id, self._config.version), hold=True)
 
@@ -352,7 +433,7 @@ class RuntimeSlot:
         if not self._initialized:
             self._initialized = True
             self.settled = True
-            self._init_ms = (time.perf_counter() - self._spawned_at) * 1000
+            self._init_ms = (time.perf_counter() - self._init_started()) * 1000
             if self._memory is not None:
                 self._idle_kb = self._memory.peak_kb()
         inv = self.current
@@ -363,6 +444,10 @@ class RuntimeSlot:
         if self._waiter is not None and self._waiter is not runtime:
             self._waiter.close()  # a newer /next supersedes an abandoned one
         self._waiter = runtime
+
+    def _init_started(self) -> float:
+        """perf_counter() when the init that just finished began."""
+        return self._spawned_at
 
     def _running(self, request_id: str) -> Invocation | None:
         inv = self.current
@@ -393,15 +478,19 @@ class RuntimeSlot:
             return _INVALID_STATE
         self.settled = True
         self._doomed = True
-        proc = self._proc
-        if proc is not None:
-            self._loop.call_later(INIT_ERROR_EXIT_GRACE_S, self._kill_if_current, proc)
+        self._expect_exit()
         inv = self.current
         if inv is not None:
             error_type = _error_type(request)
             status = f"Status: error\tError Type: {error_type}"
             self._finish(inv, _error_body(request), True, status)
         return _ACCEPTED
+
+    def _expect_exit(self) -> None:
+        """The runtime reported an init error: it exits by itself, or is killed soon."""
+        proc = self._proc
+        if proc is not None:
+            self._loop.call_later(INIT_ERROR_EXIT_GRACE_S, self._kill_if_current, proc)
 
     def _kill_if_current(self, proc: subprocess.Popen[bytes]) -> None:
         if self._proc is proc:
@@ -413,15 +502,23 @@ class RuntimeSlot:
         peak_kb = None
         if self._memory is not None:
             peak_kb = self._memory.peak_kb()
-        if self._proc is not None:
-            procs.kill_group(self._proc.pid)
-            self._doomed = True
+        self._kill_on_timeout()
         timeout = self._config.timeout_s
         line = f"{logs.timestamp()} {inv.request_id} Task timed out after {timeout:.2f} seconds\n"
+        self._start_late(inv)
         self._log(inv, line.encode())
         self._finish(
             inv, errors.timed_out(inv.request_id, timeout), True, "Status: timeout", peak_kb
         )
+
+    def _start_late(self, inv: Invocation) -> None:
+        """START for an invocation that failed before the runtime took it (cold start)."""
+        if not self._delivered and not inv.started:
+            inv.started = time.perf_counter()
+            self._log(inv, logs.start_line(inv.request_id, self._config.version), hold=True)
+
+    def _kill_on_timeout(self) -> None:
+        self._kill_runtime()
 
     def tick(self) -> None:
         """Periodic: write a held START line; sample the peak RSS of a running invocation
@@ -441,9 +538,7 @@ class RuntimeSlot:
         """Complete the current invocation and free the slot."""
         if inv.timer is not None:
             inv.timer.cancel()
-        if not self._delivered:  # failed before the runtime took it (cold start failure)
-            inv.started = time.perf_counter()
-            self._log(inv, logs.start_line(inv.request_id, self._config.version))
+        self._start_late(inv)
         self.current = None
         self._delivered = False
         self._drain_output()

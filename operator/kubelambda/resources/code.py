@@ -147,6 +147,7 @@ class ImageContent:
 
 Content = FileSet | ZipPackage | ImageContent
 UNPACK_LIMIT_BYTES = 250 * 1024 * 1024
+UNPACK_COMMAND = "/var/runtime/bin/kubelambda-unpack"  # in every runtime image
 # Room for Lambda's 250 MB of unzipped code and layers, with filesystem overhead.
 UNPACKED_DIR_SIZE = "300Mi"
 UNPACK_MEMORY = "192Mi"  # a 50 MB package is held in memory while it is checked
@@ -206,7 +207,7 @@ def unpacked_files(
                 "name": f"unpack-{len(init_containers)}",
                 "image": unpack_image,
                 "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", "-m", "kubelambda.agent.unpack"],
+                "command": [UNPACK_COMMAND],
                 "env": [{"name": "KUBELAMBDA_UNPACK", "value": json.dumps(plan)}],
                 "resources": {"limits": {"memory": UNPACK_MEMORY}},
                 "securityContext": dict(security_context),

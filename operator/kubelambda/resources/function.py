@@ -34,6 +34,7 @@ RUNTIME_USER = 10001
 # On top of memoryMB and the memory-backed /tmp: the agent itself (about 22 MB RSS) and slack.
 # The agent, not the kernel, holds the runtime to memoryMB (it kills it past that).
 AGENT_MEMORY_MB = 64
+WAIT_FOR_AGENT_COMMAND = "/var/runtime/bin/kubelambda-wait-agent"  # in every runtime image
 # Lambda allocates CPU in proportion to memory: 1,769 MB buys one full vCPU.
 MEMORY_MB_PER_VCPU = 1769
 # Fields of a spec that make up a version, as on Lambda; reserved concurrency, scaling, async
@@ -282,6 +283,9 @@ def containers(workload: Workload, files: PodFiles) -> list[dict[str, Any]]:
     if not workload.is_image:
         return [{**agent_container(workload, workload.image), "volumeMounts": files.mounts}]
     agent = agent_container(workload, workload.agent_image)
+    # Listed first, the agent starts first; the kubelet starts the next container only once
+    # this hook returns, i.e. once the Runtime API listens.
+    agent["lifecycle"] = {"postStart": {"exec": {"command": [WAIT_FOR_AGENT_COMMAND]}}}
     agent["resources"] = {
         "requests": {"cpu": "10m", "memory": f"{AGENT_MEMORY_MB // 2}Mi"},
         "limits": {"memory": f"{AGENT_MEMORY_MB}Mi"},

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kubelambda.agent.config import ConfigError, load_config, parse_command
+from kubelambda.agent.config import AGENT_LIB_DIR, ConfigError, load_config, parse_command
 from kubelambda.agent.procs import describe_exit
 
 BASE = {"AWS_LAMBDA_FUNCTION_NAME": "fn", "KUBELAMBDA_RUNTIME": "python3.11"}
@@ -98,6 +98,11 @@ def test_parse_command():
         ({"KUBELAMBDA_CONCURRENCY": "0"}, "KUBELAMBDA_CONCURRENCY must be >= 1"),
         ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"}, "must be an integer"),
         ({"KUBELAMBDA_TIMEOUT_SECONDS": "-1"}, "must be positive"),
+        ({"KUBELAMBDA_ENFORCE_MEMORY": "maybe"}, "KUBELAMBDA_ENFORCE_MEMORY must be 0 or 1"),
+        (
+            {"KUBELAMBDA_RUNTIME": "external", "KUBELAMBDA_CONCURRENCY": "2"},
+            "concurrency must be 1",
+        ),
     ],
 )
 def test_invalid_environment(extra, message):
@@ -133,3 +138,50 @@ def test_describe_exit():
     assert describe_exit(-11) == "signal: segmentation fault"
     assert describe_exit(-15) == "signal: terminated"
     assert os.EX_OK == 0
+
+
+def test_external_mode_and_memory_cap_settings():
+    config = load_config(BASE | {"KUBELAMBDA_RUNTIME": "external"})
+    assert config.external
+    assert config.command == ()
+    assert config.concurrency == 1
+    assert config.proc_root == "/proc"
+    assert config.enforce_memory
+    assert "AWS_EXECUTION_ENV" not in config.runtime_env
+    assert not load_config(BASE).external
+    config = load_config(
+        BASE | {"KUBELAMBDA_ENFORCE_MEMORY": "0", "KUBELAMBDA_PROC_ROOT": "/fake/proc"}
+    )
+    assert not config.enforce_memory
+    assert config.proc_root == "/fake/proc"
+
+
+def test_agent_lib_dir_is_where_the_package_is():
+    import kubelambda  # noqa: PLC0415
+
+    assert os.path.join(AGENT_LIB_DIR, "kubelambda") == os.path.dirname(kubelambda.__file__)
+
+
+@pytest.mark.parametrize("runtime", ["python3.11", "image", "nodejs18"])
+def test_the_agent_lib_dir_does_not_leak_into_runtimes(runtime):
+    # Runtime images set PYTHONPATH to the agent's lib dir so that the agent imports.
+    env = load_config(BASE | {"KUBELAMBDA_RUNTIME": runtime, "PYTHONPATH": AGENT_LIB_DIR})
+    entries = env.runtime_env["PYTHONPATH"].split(":")
+    assert AGENT_LIB_DIR not in entries
+    assert entries[0] == "/var/task"
+    # The same directory spelled differently is still the agent's.
+    spelled = AGENT_LIB_DIR + "/./:" + AGENT_LIB_DIR + "/"
+    env = load_config(BASE | {"KUBELAMBDA_RUNTIME": runtime, "PYTHONPATH": spelled})
+    assert env.runtime_env["PYTHONPATH"] == (
+        "/var/task:/opt/python:/opt/python/lib/python3.11/site-packages"
+    )
+
+
+def test_a_pythonpath_from_the_function_passes_through():
+    own = f"/my/libs:{AGENT_LIB_DIR}"  # set by the function's variables: its own business
+    config = load_config(BASE | {"PYTHONPATH": own})
+    assert config.runtime_env["PYTHONPATH"] == (
+        f"/var/task:/opt/python:/opt/python/lib/python3.11/site-packages:{own}"
+    )
+    image = load_config(BASE | {"KUBELAMBDA_RUNTIME": "image", "PYTHONPATH": "/app"})
+    assert image.runtime_env["PYTHONPATH"].startswith("/app:/var/task:")

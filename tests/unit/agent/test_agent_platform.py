@@ -10,6 +10,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 REPORT_RE = (
     r"REPORT RequestId: (?P<id>[0-9a-zA-Z-]+)\tDuration: \d+\.\d{2} ms"
     r"\tBilled Duration: \d+ ms\tMemory Size: (?P<memory>\d+) MB\tMax Memory Used: \d+ MB"
@@ -86,8 +88,13 @@ def test_crash_is_an_exit_error_then_recovers(start_agent):
     assert agent.invoke({}).status == 200
 
 
-def test_sigkill_near_the_memory_size_is_out_of_memory(start_agent):
-    agent = start_agent(files={"app.py": APP}, AWS_LAMBDA_FUNCTION_MEMORY_SIZE="64")
+@pytest.mark.parametrize("enforce", ["1", "0"])  # killed by the agent's cap / by the "kernel"
+def test_sigkill_near_the_memory_size_is_out_of_memory(start_agent, enforce):
+    agent = start_agent(
+        files={"app.py": APP},
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="64",
+        KUBELAMBDA_ENFORCE_MEMORY=enforce,
+    )
     reply = agent.invoke(
         {"action": "hog", "mb": 64},
         {"X-Kubelambda-Request-Id": "oom-1", "X-Amz-Log-Type": "Tail"},

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,17 @@ def test_logging_module_format(start_agent):
         r"\[INFO\]\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\tr-log\tfrom logging\n", tail
     )
     assert "from print\n" in tail
+
+
+def test_function_code_cannot_import_the_agent(start_agent):
+    # The agent's lib dir is on the agent's PYTHONPATH (here and in the runtime images).
+    app = """
+    import importlib.util, os
+
+    def handler(event, context):
+        return [importlib.util.find_spec("kubelambda") is None, os.environ["PYTHONPATH"]]
+    """
+    agent = start_agent("app.handler", {"app.py": app})
+    hidden, pythonpath = agent.invoke().json()
+    assert hidden
+    assert str(Path(__file__).resolve().parents[3] / "operator") not in pythonpath.split(":")

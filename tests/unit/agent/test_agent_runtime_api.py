@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
+
+from kubelambda.agent.invoke import new_request_id, new_trace_id
 
 SLEEPER = {"bootstrap": "#!/bin/sh\nexec sleep 600\n"}
 BASE = "/2018-06-01/runtime"
@@ -238,3 +242,19 @@ def _try(fn):
         return fn()
     except Exception as exc:
         return exc
+
+
+def test_generated_ids_are_version_4_uuids_and_distinct():
+    ids = [new_request_id() for _ in range(500)]  # spans refills of the random pool
+    assert len(set(ids)) == len(ids)
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    traces = {new_trace_id() for _ in range(300)}
+    assert len(traces) == 300
+    assert all(
+        re.fullmatch(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", t)
+        for t in traces
+    )

@@ -222,7 +222,7 @@ def test_zip_code_is_unpacked_by_an_init_container_and_mounted_read_only() -> No
     pod = pod_spec(function_deployment(workload(spec(), code=ZIP)))
     (init,) = pod["initContainers"]
     assert init["image"] == "kubelambda/runtime-python3.11:dev"
-    assert init["command"] == ["python3", "-m", "kubelambda.agent.unpack"]
+    assert init["command"] == ["/var/runtime/bin/kubelambda-unpack"]
     assert init["securityContext"]["readOnlyRootFilesystem"] is True
     assert unpack_plans(pod) == [
         [
@@ -278,6 +278,10 @@ def test_image_function_runs_its_own_entrypoint_next_to_the_agent() -> None:
     assert pod["shareProcessNamespace"] is True
     agent, function = pod["containers"]
     assert (agent["name"], agent["image"]) == ("agent", "kubelambda/runtime-python3.11:dev")
+    # The function's container starts once the agent's Runtime API listens.
+    assert agent["lifecycle"]["postStart"]["exec"]["command"] == [
+        "/var/runtime/bin/kubelambda-wait-agent"
+    ]
     assert "command" not in function
     assert "args" not in function
     assert function["image"] == "example/fn:1"
