@@ -18,6 +18,8 @@ BUNDLE = str(REPO_ROOT / "deploy" / "kubelambda.yaml")
 CLUSTER_OBJECTS = [
     ("clusterrole", "kubelambda-operator"),
     ("clusterrolebinding", "kubelambda-operator"),
+    ("clusterrole", "kubelambda-gateway"),
+    ("clusterrolebinding", "kubelambda-gateway"),
 ]
 
 

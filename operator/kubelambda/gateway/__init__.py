@@ -1,0 +1,71 @@
+"""The gateway: the Lambda Invoke API in front of function pods.
+
+Run as ``python -m kubelambda.gateway [--kubeconfig PATH]``. One asyncio loop on uvloop, an
+``httptools`` HTTP/1.1 server (no framework), one pooled keep-alive client to the pods' agents.
+Routing state (Functions, Aliases, ready pod addresses from EndpointSlices labelled
+``app.kubernetes.io/managed-by=kubelambda``, all namespaces) lives in memory, fed by watches;
+no request makes an API call.
+
+Environment:
+
+=======================================  ========================================================
+KUBELAMBDA_GATEWAY_PORT                  HTTP port (0.0.0.0), default 8080
+KUBELAMBDA_GATEWAY_METRICS_PORT          Prometheus ``/metrics`` port, default 9090
+KUBELAMBDA_GATEWAY_DEFAULT_NAMESPACE     namespace of the un-prefixed Invoke API, default
+                                         ``default``
+KUBELAMBDA_GATEWAY_MAX_CONCURRENCY       platform-wide concurrent invocations, default 1000
+KUBELAMBDA_GATEWAY_QUEUE_LENGTH          invocations waiting for a busy or not yet ready pod,
+                                         per function version, default 100
+KUBELAMBDA_GATEWAY_COLD_START_SECONDS    how long an invocation is held while its version has
+                                         no ready pod (scale from zero), default 30
+KUBELAMBDA_GATEWAY_TIMEOUT_GRACE_SECONDS added to the function timeout on the pod call,
+                                         default 2 (the agent enforces the timeout itself)
+KUBELAMBDA_GATEWAY_MAX_CONNECTIONS       client connections; more are closed at once, default
+                                         10000
+KUBELAMBDA_GATEWAY_DRAIN_DELAY_SECONDS   on SIGTERM, time between turning unready and closing
+                                         the listener, default 0 (set a few seconds in a
+                                         cluster so endpoints catch up)
+KUBELAMBDA_GATEWAY_LOG_LEVEL             default INFO
+AWS_REGION                               region in ARNs, default ``us-east-1``
+KUBERNETES_SERVICE_HOST/PORT             in-cluster API server (service account token and CA
+                                         from /var/run/secrets/kubernetes.io/serviceaccount);
+                                         else ``--kubeconfig`` / ``KUBECONFIG``
+=======================================  ========================================================
+
+Endpoints (main port):
+
+``POST /2015-03-31/functions/<FunctionName>/invocations[?Qualifier=Q]`` - the Lambda Invoke API
+for functions in the default namespace. ``FunctionName`` is a name, ``name:qualifier``, a
+partial (``000000000000:function:name[:q]``) or full ARN
+(``arn:aws:lambda:<region>:<account>:function:name[:q]``), percent-encoded or not. The qualifier
+is ``$LATEST``, a published version or an alias (weighted between its two versions; the one
+that ran is in ``X-Amz-Executed-Version``); one in the name and another in the query is a 400.
+``X-Amz-Invocation-Type``: ``RequestResponse`` (relayed to a pod's agent), ``Event`` (handed to
+the async publisher, 202; 501 ``ServiceException`` while none is configured), ``DryRun`` (204).
+``X-Amz-Log-Type``, ``X-Amz-Client-Context`` and ``X-Amzn-Trace-Id`` reach the function.
+SigV4 ``Authorization`` is accepted unverified for now (``auth.Authenticator`` is the hook).
+
+``POST /namespaces/<namespace>/2015-03-31/functions/<FunctionName>/invocations`` - the same for
+any namespace. AWS SDKs reach it unchanged by putting the prefix in the endpoint URL, e.g.
+``boto3.client("lambda", endpoint_url="http://gateway:8080/namespaces/team-a")``.
+
+Service errors are Lambda's: ``x-amzn-ErrorType`` and ``{"Type", "message"[, "Reason"]}``:
+404 ResourceNotFoundException, 400 InvalidRequestContentException (body not JSON) /
+InvalidParameterValueException / ValidationException, 413 RequestEntityTooLargeException
+(6291456 bytes sync, 262144 Event), 429 TooManyRequestsException with Reason
+ReservedFunctionConcurrentInvocationLimitExceeded (reserved concurrency, 0 throttles all),
+ConcurrentInvocationLimitExceeded (platform limit) or FunctionInvocationRateLimitExceeded (every
+pod busy and the wait queue full or timed out), 502 ResourceNotReadyException (no pod became
+ready in time) / ServiceException (the pod failed or did not answer within timeout + grace).
+
+``GET /healthz`` - 200 while the process serves. ``GET /readyz`` - 200 once the first list of
+every watched kind is in, 503 before and while shutting down.
+
+Metrics port: ``GET /metrics`` (``kubelambda_gateway_*``: invocations, errors, throttles,
+duration, in-flight and queued per namespace/function/version).
+
+SIGTERM: turn unready, wait the drain delay, stop accepting, finish in-flight invocations, exit.
+
+The API server permissions it needs: get, list and watch on ``functions.kubelambda.io``,
+``aliases.kubelambda.io`` and ``endpointslices.discovery.k8s.io``, cluster-wide.
+"""

@@ -1,0 +1,72 @@
+"""Gateway settings, read once from the environment (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """An environment variable holds something unusable."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    port: int = 8080
+    metrics_port: int = 9090
+    default_namespace: str = "default"
+    default_api: str = "default"  # the HTTP API served at the root, in default_namespace
+    api_domain: str | None = None  # "<api>.<namespace>.<api_domain>" hosts address an HTTP API
+    region: str = "us-east-1"
+    max_concurrency: int = 1000
+    queue_length: int = 100
+    cold_start_s: float = 30.0
+    timeout_grace_s: float = 2.0
+    max_connections: int = 10000
+    drain_delay_s: float = 0.0
+    kubeconfig: str | None = None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> GatewayConfig:
+    prefix = "KUBELAMBDA_GATEWAY_"
+    return GatewayConfig(
+        port=_int(env, prefix + "PORT", 8080, 0),
+        metrics_port=_int(env, prefix + "METRICS_PORT", 9090, 0),
+        default_namespace=env.get(prefix + "DEFAULT_NAMESPACE") or "default",
+        default_api=env.get(prefix + "DEFAULT_API") or "default",
+        api_domain=(env.get(prefix + "API_DOMAIN") or "").strip(".").lower() or None,
+        region=env.get("AWS_REGION") or "us-east-1",
+        max_concurrency=_int(env, prefix + "MAX_CONCURRENCY", 1000, 1),
+        queue_length=_int(env, prefix + "QUEUE_LENGTH", 100, 0),
+        cold_start_s=_float(env, prefix + "COLD_START_SECONDS", 30.0),
+        timeout_grace_s=_float(env, prefix + "TIMEOUT_GRACE_SECONDS", 2.0),
+        max_connections=_int(env, prefix + "MAX_CONNECTIONS", 10000, 1),
+        drain_delay_s=_float(env, prefix + "DRAIN_DELAY_SECONDS", 0.0),
+        kubeconfig=kubeconfig or env.get("KUBECONFIG") or None,
+    )

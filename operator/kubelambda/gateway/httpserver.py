@@ -1,0 +1,315 @@
+"""The gateway's HTTP/1.1 server: an asyncio Protocol around ``httptools``, no framework.
+
+Each connection parses requests as they arrive and answers them strictly in order (pipelining
+safe): a handler returns a ``Response`` at once (health checks, most errors: no task at all)
+or a coroutine, which runs as one task while later pipelined requests wait in a short queue
+(reading pauses when it is full). Keep-alive, Content-Length and chunked request bodies,
+``Expect: 100-continue``. A body above ``max_body`` is read and dropped and the handler sees
+``too_large``, so the client still gets a clean answer on a kept-alive connection; beyond
+``DISCARD_CAP`` the connection is closed. Header names are lower-cased bytes; a repeated header's
+values are comma-joined (as API Gateway passes them on), and kept one by one in ``repeated``
+only when a name does repeat (payload format 1.0 lists them; most requests never pay for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
+from typing import Any, NamedTuple, cast
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+HEAD_LIMIT = 64 * 1024
+DISCARD_CAP = 64 * 1024 * 1024
+PIPELINE_LIMIT = 16  # parsed requests queued per connection before reading pauses
+
+# Function and backend responses may carry any status: every registered reason phrase.
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+JSON_HEADERS = b"Content-Type: application/json\r\n"
+
+
+class Response(NamedTuple):
+    status: int
+    headers: bytes  # pre-encoded "Name: value\r\n" lines, without Content-Length
+    body: bytes
+
+
+def json_response(status: int, body: bytes, extra_headers: bytes = b"") -> Response:
+    return Response(status, JSON_HEADERS + extra_headers, body)
+
+
+_BAD_REQUEST = json_response(400, b'{"message":"Bad Request"}')
+_HEAD_TOO_LARGE = json_response(431, b'{"message":"Request Header Fields Too Large"}')
+_BODY_TOO_LARGE = json_response(413, b'{"message":"Request Entity Too Large"}')
+_INTERNAL = json_response(500, b'{"message":"Internal Server Error"}')
+
+
+def encode_response(response: Response, keep_alive: bool) -> bytes:
+    status, headers, body = response
+    # 204 carries no body and, per RFC 9110, no Content-Length.
+    length = b"" if status == 204 else b"Content-Length: %d\r\n" % len(body)
+    return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n%s" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        headers,
+        length,
+        b"" if keep_alive else b"Connection: close\r\n",
+        body,
+    )
+
+
+class Request:
+    __slots__ = (
+        "body",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "peer",
+        "repeated",
+        "too_large",
+        "url",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: dict[bytes, bytes],
+        *,
+        repeated: dict[bytes, list[bytes]] | None = None,
+        peer: str = "",
+        http_version: str = "1.1",
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.repeated = repeated  # every value of each header name sent more than once
+        self.peer = peer  # the client's IP address
+        self.http_version = http_version
+        self.body = b""
+        self.keep_alive = True
+        self.too_large = False
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of header ``name`` (lower-case), one per header line."""
+        if self.repeated is not None and name in self.repeated:
+            return self.repeated[name]
+        value = self.headers.get(name)
+        return [] if value is None else [value]
+
+
+HandlerResult = Response | Coroutine[Any, Any, Response]
+Handler = Callable[[Request], HandlerResult]
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _BodyOverCap(Exception):
+    pass
+
+
+class ServerState:
+    """What all connections share: the handler, limits, and the set of pending tasks."""
+
+    def __init__(self, handler: Handler, max_body: int, max_connections: int) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.max_connections = max_connections
+        self.connections: set[ServerConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+
+    @property
+    def busy(self) -> int:
+        """Requests being handled right now (for graceful drain)."""
+        return len(self.tasks)
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[Request | Response] = deque()  # a Response: parse error to send
+        self._handling = False
+        self._paused = False
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._repeated: dict[bytes, list[bytes]] | None = None
+        self._peer = ""
+        self._head_size = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._request: Request | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self._state.connections) >= self._state.max_connections or self._state.draining:
+            transport.close()  # bounded: refusing is cheaper than queueing a connection
+            return
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._state.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(
+                _HEAD_TOO_LARGE if isinstance(exc.__context__, _HeadTooLarge) else _BODY_TOO_LARGE
+            )
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._fail(_BAD_REQUEST)
+        self._process()
+
+    # --- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._repeated = None
+        self._head_size = 0
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        previous = self._headers.get(name)
+        if previous is None:
+            self._headers[name] = value
+        else:
+            self._headers[name] = previous + b"," + value
+            if self._repeated is None:
+                self._repeated = {}
+            self._repeated.setdefault(name, [previous]).append(value)
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > HEAD_LIMIT:
+            raise _HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        request = Request(
+            self._parser.get_method(),
+            self._url,
+            self._headers,
+            repeated=self._repeated,
+            peer=self._peer,
+            http_version=self._parser.get_http_version(),
+        )
+        request.keep_alive = self._parser.should_keep_alive()
+        self._request = request
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and self._transport:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._state.max_body:
+            if self._body_size > DISCARD_CAP:
+                raise _BodyOverCap
+            self._body = []
+            assert self._request is not None
+            self._request.too_large = True
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        self._request = None
+        if not request.too_large and self._body:
+            request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        self._queue.append(request)
+        if len(self._queue) >= PIPELINE_LIMIT and self._transport and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
+
+    # --- answering -------------------------------------------------------------------------
+
+    def _fail(self, response: Response) -> None:
+        """A malformed request: answered after those before it, then the connection closes."""
+        self._queue.append(response)
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def _process(self) -> None:
+        while self._queue and not self._handling and self._transport is not None:
+            item = self._queue.popleft()
+            if isinstance(item, Response):
+                self._transport.write(encode_response(item, False))
+                self._transport.close()
+                return
+            try:
+                result = self._state.handler(item)
+            except Exception:
+                log.exception("handler failed")
+                result = _INTERNAL
+            if isinstance(result, Response):
+                self._write(item, result)
+                continue
+            self._handling = True
+            task = asyncio.get_running_loop().create_task(self._finish(item, result))
+            self._state.tasks.add(task)
+            task.add_done_callback(self._state.tasks.discard)
+        if self._paused and self._transport is not None and len(self._queue) < PIPELINE_LIMIT:
+            self._paused = False
+            self._transport.resume_reading()
+
+    async def _finish(self, request: Request, pending: Coroutine[Any, Any, Response]) -> None:
+        try:
+            response = await pending
+        except Exception:
+            log.exception("handler failed")
+            response = _INTERNAL
+        self._handling = False
+        self._write(request, response)
+        self._process()
+
+    def _write(self, request: Request, response: Response) -> None:
+        transport = self._transport
+        if transport is None:
+            return  # the client went away; its answer has nowhere to go
+        keep_alive = request.keep_alive and not self._state.draining
+        transport.write(encode_response(response, keep_alive))
+        if not keep_alive:
+            self._queue.clear()
+            transport.close()
+
+    def close_if_idle(self) -> None:
+        if self._transport is not None and not self._handling and not self._queue:
+            self._transport.close()
+
+
+async def serve(
+    handler: Handler, host: str, port: int, max_body: int, max_connections: int
+) -> tuple[asyncio.Server, ServerState]:
+    state = ServerState(handler, max_body, max_connections)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ServerConnection(state), host, port, backlog=1024)
+    return server, state

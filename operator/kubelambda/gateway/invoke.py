@@ -1,0 +1,379 @@
+"""The Lambda Invoke API, health endpoints and the path from a request to a function pod.
+
+Synchronous invocations take a slot (``concurrency``) and forward to the pod's agent with the
+request id, invoked ARN and deadline; the agent's status, body and ``X-Amz-*`` headers are
+relayed as they are. Everything answered here (not by a function) is a Lambda service error:
+``x-amzn-ErrorType`` plus ``{"Type": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from urllib.parse import parse_qs, unquote
+
+from kubelambda.gateway.auth import AcceptAll, Authenticator
+from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, QueueFull
+from kubelambda.gateway.config import GatewayConfig
+from kubelambda.gateway.httpserver import Handler, HandlerResult, Request, Response, json_response
+from kubelambda.gateway.metrics import FUNCTION_ERROR, OK, SERVICE_ERROR, GatewayMetrics
+from kubelambda.gateway.publisher import AsyncInvocation, AsyncPublisher, PublishRejected
+from kubelambda.gateway.routing import MAX_TIMEOUT_S, Address, RouteError, RoutingTable, Target
+from kubelambda.gateway.upstream import (
+    NotDelivered,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from kubelambda.gateway.waker import NoopWaker, Waker
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 6_291_456  # Lambda's synchronous request limit
+MAX_EVENT_BYTES = 262_144  # Lambda's asynchronous request limit (256 KiB)
+
+INVOKE_PREFIX = b"/2015-03-31/functions/"
+INVOKE_SUFFIX = b"/invocations"
+NAMESPACE_PREFIX = b"/namespaces/"
+
+# Agent response headers the caller gets; the request id is the gateway's own (the same value).
+RELAYED_HEADERS = frozenset(
+    (
+        b"content-type",
+        b"x-amz-executed-version",
+        b"x-amz-function-error",
+        b"x-amz-log-result",
+        b"x-amzn-errortype",
+        b"retry-after",
+    )
+)
+PASSED_HEADERS = (b"x-amz-log-type", b"x-amz-client-context", b"x-amzn-trace-id")
+
+RATE_EXCEEDED = "Rate Exceeded."
+# Every pod busy and the wait queue full, or the wait timed out: scaling did not keep up.
+SCALING_LIMIT = "FunctionInvocationRateLimitExceeded"
+
+_HEALTHY = json_response(200, b'{"status":"ok"}')
+_READY = json_response(200, b'{"status":"ready"}')
+_NOT_SYNCED = json_response(503, b'{"status":"routing state not synced yet"}')
+_DRAINING = json_response(503, b'{"status":"shutting down"}')
+
+
+def service_error(
+    status: int, code: str, message: str, request_id: str, reason: str | None = None
+) -> Response:
+    body: dict[str, str] = {"Type": "Service" if status >= 500 else "User", "message": message}
+    if reason is not None:
+        body["Reason"] = reason
+    headers = f"x-amzn-ErrorType: {code}\r\nx-amzn-RequestId: {request_id}\r\n".encode()
+    return json_response(status, json.dumps(body).encode(), headers)
+
+
+NO_PUBLISHER = (
+    501,
+    "ServiceException",
+    "Asynchronous (Event) invocation is not available: this gateway has no event queue configured.",
+)
+
+
+def new_request_id() -> str:
+    """A random UUID-shaped id (a third of ``str(uuid.uuid4())``'s cost, on every request)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _valid_json(body: bytes) -> bool:
+    try:
+        # Decoding first skips json's encoding detection for bytes (Lambda takes UTF-8 only).
+        json.loads(body.decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return True
+
+
+class InvokeApi:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        table: RoutingTable,
+        *,
+        counter: ConcurrencyCounter,
+        dispatcher: Dispatcher,
+        pool: UpstreamPool,
+        metrics: GatewayMetrics,
+        waker: Waker | None = None,
+        publisher: AsyncPublisher | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self._config = config
+        self._table = table
+        self._counter = counter
+        self._dispatcher = dispatcher
+        self._pool = pool
+        self._metrics = metrics
+        self._waker = waker or NoopWaker()
+        self._publisher = publisher
+        self._authenticator = authenticator or AcceptAll()
+        self._loop = asyncio.get_running_loop()
+        self.synced = False
+        self.draining = False
+        # Requests for anything but the Invoke API and health checks (the HTTP APIs).
+        self.fallback: Handler | None = None
+
+    # --- routing of paths ------------------------------------------------------------------
+
+    def handle(self, request: Request) -> HandlerResult:
+        path, _, query = request.url.partition(b"?")
+        if path == b"/healthz":
+            return _HEALTHY
+        if path == b"/readyz":
+            return _DRAINING if self.draining else _READY if self.synced else _NOT_SYNCED
+        namespace = self._config.default_namespace
+        if path.startswith(NAMESPACE_PREFIX):
+            raw_namespace, _, rest = path[len(NAMESPACE_PREFIX) :].partition(b"/")
+            namespace = raw_namespace.decode("latin-1")
+            path = b"/" + rest
+        if (
+            path.startswith(INVOKE_PREFIX)
+            and path.endswith(INVOKE_SUFFIX)
+            and len(path) > len(INVOKE_PREFIX) + len(INVOKE_SUFFIX)
+            and namespace
+        ):
+            if request.method != b"POST":
+                return self._reject(405, "MethodNotAllowedException", "Method Not Allowed")
+            name = path[len(INVOKE_PREFIX) : -len(INVOKE_SUFFIX)]
+            return self._invoke(request, namespace, unquote(name.decode("latin-1")), query)
+        if self.fallback is not None:
+            return self.fallback(request)
+        return self._reject(404, "UnknownOperationException", "Unknown operation")
+
+    def _reject(self, status: int, code: str, message: str, reason: str | None = None) -> Response:
+        self._metrics.rejected(code)
+        return service_error(status, code, message, new_request_id(), reason)
+
+    # --- the Invoke operation --------------------------------------------------------------
+
+    def _invoke(self, request: Request, namespace: str, name: str, query: bytes) -> HandlerResult:
+        denied = self._authenticator.authenticate(request, namespace)
+        if denied is not None:
+            return denied
+        invocation_type = request.headers.get(b"x-amz-invocation-type", b"RequestResponse")
+        limit = MAX_EVENT_BYTES if invocation_type == b"Event" else MAX_REQUEST_BYTES
+        if request.too_large or len(request.body) > limit:
+            return self._reject(
+                413,
+                "RequestEntityTooLargeException",
+                f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
+            )
+        qualifier = None
+        if query:
+            values = parse_qs(query.decode("latin-1")).get("Qualifier")
+            qualifier = values[-1] if values else None
+        target = self._table.resolve(namespace, name, qualifier)
+        if isinstance(target, RouteError):
+            return self._reject(target.status, target.code, target.message)
+        if invocation_type == b"DryRun":
+            return Response(204, b"x-amzn-RequestId: %s\r\n" % new_request_id().encode(), b"")
+        if invocation_type not in (b"RequestResponse", b"Event"):
+            return self._reject(
+                400,
+                "InvalidParameterValueException",
+                "InvocationType must be one of RequestResponse, Event or DryRun",
+            )
+        body = request.body
+        if body and not _valid_json(body):
+            return self._reject(
+                400,
+                "InvalidRequestContentException",
+                "Could not parse request body into json: the payload is not valid JSON",
+            )
+        request_id = new_request_id()
+        if invocation_type == b"Event":
+            return self._queue_event(request, target, request_id)
+        reason = self._counter.try_acquire(target.function_key, target.config.reserved)
+        if reason is not None:
+            self._metrics.throttled(target.function_key, reason)
+            return service_error(429, "TooManyRequestsException", RATE_EXCEEDED, request_id, reason)
+        headers = request.headers
+        passed = b"".join(
+            b"%s: %s\r\n" % (name, headers[name]) for name in PASSED_HEADERS if name in headers
+        )
+        return self._call(target, request.body, passed, request_id)
+
+    async def invoke(
+        self, target: Target, payload: bytes, request_id: str, passed: bytes = b""
+    ) -> tuple[Response, str]:
+        """A synchronous invocation on behalf of another front end (the HTTP APIs): the
+        concurrency caps, pod choice and waits of the Invoke API. Its answer as the Invoke API
+        would give it, and the outcome (``metrics.OK``, ``FUNCTION_ERROR``, ``SERVICE_ERROR``).
+        ``passed``: encoded header lines for the agent (``X-Amzn-Trace-Id``)."""
+        reason = self._counter.try_acquire(target.function_key, target.config.reserved)
+        if reason is not None:
+            self._metrics.throttled(target.function_key, reason)
+            return service_error(
+                429, "TooManyRequestsException", RATE_EXCEEDED, request_id, reason
+            ), SERVICE_ERROR
+        return await self._run(target, payload, passed, request_id)
+
+    def _queue_event(self, request: Request, target: Target, request_id: str) -> HandlerResult:
+        if self._publisher is None:
+            status, code, message = NO_PUBLISHER
+            return self._reject(status, code, message)
+        headers = request.headers
+        client_context = headers.get(b"x-amz-client-context")
+        trace_id = headers.get(b"x-amzn-trace-id")
+        invocation = AsyncInvocation(
+            request_id=request_id,
+            namespace=target.namespace,
+            function=target.function,
+            qualifier=target.qualifier,
+            payload=request.body,
+            received_ms=int(time.time() * 1000),
+            client_context=client_context.decode("latin-1") if client_context else None,
+            trace_id=trace_id.decode("latin-1") if trace_id else None,
+        )
+        return self._publish(self._publisher, invocation, target)
+
+    async def _publish(
+        self, publisher: AsyncPublisher, invocation: AsyncInvocation, target: Target
+    ) -> Response:
+        try:
+            await publisher.publish(invocation)
+        except PublishRejected as exc:
+            if exc.throttled:
+                self._metrics.throttled(target.function_key, SCALING_LIMIT)
+                return service_error(
+                    429, "TooManyRequestsException", str(exc), invocation.request_id, SCALING_LIMIT
+                )
+            return self._reject(503, "ServiceException", str(exc))
+        self._metrics.queued_event(target.key)
+        return Response(202, b"x-amzn-RequestId: %s\r\n" % invocation.request_id.encode(), b"")
+
+    async def _call(
+        self, target: Target, payload: bytes, passed: bytes, request_id: str
+    ) -> Response:
+        """A synchronous invocation that passed the concurrency caps (released here)."""
+        response, _ = await self._run(target, payload, passed, request_id)
+        return response
+
+    async def _run(
+        self, target: Target, payload: bytes, passed: bytes, request_id: str
+    ) -> tuple[Response, str]:
+        started = self._loop.time()
+        outcome = SERVICE_ERROR
+        try:
+            response, outcome = await self._dispatch(target, payload, passed, request_id, started)
+            return response, outcome
+        finally:
+            self._counter.release(target.function_key)
+            self._metrics.invoked(target.key, outcome, self._loop.time() - started)
+
+    async def _dispatch(
+        self, target: Target, payload: bytes, passed: bytes, request_id: str, started: float
+    ) -> tuple[Response, str]:
+        key = target.key
+        per_instance = target.config.per_instance
+        exclude: set[Address] = set()  # pods that refused this request: not delivered there
+        while True:
+            address = self._dispatcher.try_acquire(key, per_instance, exclude)
+            if address is None:
+                waited = await self._wait_for_pod(target, exclude, started, request_id)
+                if isinstance(waited, Response):
+                    return waited, SERVICE_ERROR
+                address = waited
+            try:
+                reply = await self._send(address, payload, passed, target, request_id)
+            except NotDelivered as exc:
+                log.info("%s/%s: %s; trying another pod", target.namespace, target.function, exc)
+                exclude.add(address)
+                continue
+            except UpstreamTimeout:
+                return self._reject(
+                    502, "ServiceException", "The function's pod did not answer in time."
+                ), SERVICE_ERROR
+            except UpstreamError as exc:
+                log.warning("%s/%s: %s", target.namespace, target.function, exc)
+                return self._reject(
+                    502, "ServiceException", "The function's pod failed to answer."
+                ), SERVICE_ERROR
+            finally:
+                self._dispatcher.release(key, address)
+            if reply.status == 503:  # the agent is shutting down and did not take the request
+                exclude.add(address)
+                continue
+            return self._relay(reply, request_id)
+
+    async def _wait_for_pod(
+        self, target: Target, exclude: set[Address], started: float, request_id: str
+    ) -> Address | Response:
+        """Every pod busy (or none ready): wait in the version's queue, bounded."""
+        pods = [a for a in self._table.endpoints(target.key) if a not in exclude]
+        busy_limit: float = target.timeout_s or target.config.timeout_s
+        if pods:
+            limit = busy_limit
+        else:
+            self._waker.wake(target.namespace, target.function, target.version)
+            limit = max(busy_limit, self._config.cold_start_s)
+        remaining = started + limit - self._loop.time()
+        try:
+            address = await self._dispatcher.wait(
+                target.key, target.config.per_instance, exclude, max(remaining, 0.0)
+            )
+        except QueueFull:
+            address = None
+        if address is not None:
+            return address
+        if any(a not in exclude for a in self._table.endpoints(target.key)):
+            self._metrics.throttled(target.function_key, SCALING_LIMIT)
+            return service_error(
+                429, "TooManyRequestsException", RATE_EXCEEDED, request_id, SCALING_LIMIT
+            )
+        return self._reject(
+            502,
+            "ResourceNotReadyException",
+            f"Function {target.function}:{target.version} has no ready instance"
+            f" (waited {self._loop.time() - started:.1f} s).",
+        )
+
+    async def _send(
+        self, address: Address, payload: bytes, passed: bytes, target: Target, request_id: str
+    ) -> UpstreamResponse:
+        timeout = target.timeout_s
+        head = (
+            b"POST /2015-03-31/functions/%s/invocations HTTP/1.1\r\n"
+            b"Host: %s:%d\r\n"
+            b"Content-Length: %d\r\n"
+            b"X-Kubelambda-Request-Id: %s\r\n"
+            b"X-Kubelambda-Invoked-Arn: %s\r\n"
+            % (
+                target.function.encode(),
+                address[0].encode(),
+                address[1],
+                len(payload),
+                request_id.encode(),
+                target.invoked_arn.encode(),
+            )
+        )
+        if timeout is not None:
+            # Unknown for a published version whose status lacks it: the agent then counts
+            # its own timeout from when the runtime takes the event.
+            head += b"X-Kubelambda-Deadline-Ms: %d\r\n" % int((time.time() + timeout) * 1000)
+        limit: float = timeout if timeout is not None else MAX_TIMEOUT_S
+        limit += self._config.timeout_grace_s
+        return await self._pool.request(address, head + passed + b"\r\n", payload, limit)
+
+    def _relay(self, reply: UpstreamResponse, request_id: str) -> tuple[Response, str]:
+        outcome = OK
+        head = b"x-amzn-RequestId: %s\r\n" % request_id.encode()
+        for name, value in reply.headers:
+            if name in RELAYED_HEADERS:
+                head += b"%s: %s\r\n" % (name, value)
+                if name == b"x-amz-function-error":
+                    outcome = FUNCTION_ERROR
+        if reply.status >= 500:
+            outcome = SERVICE_ERROR
+        return Response(reply.status, head, reply.body), outcome

@@ -1,0 +1,186 @@
+"""Gateway entry point: wires routing, watches, the HTTP server, metrics and shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import aiohttp
+import uvloop
+
+from kubelambda.gateway.apiauth import ReadSecret
+from kubelambda.gateway.auth import Authenticator
+from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, LocalCounter
+from kubelambda.gateway.config import ConfigError, GatewayConfig, load_config
+from kubelambda.gateway.httpapi import MAX_PAYLOAD_BYTES, HttpApi
+from kubelambda.gateway.httpserver import ServerState
+from kubelambda.gateway.httpserver import serve as serve_http
+from kubelambda.gateway.invoke import InvokeApi
+from kubelambda.gateway.metrics import GatewayMetrics
+from kubelambda.gateway.publisher import AsyncPublisher
+from kubelambda.gateway.routing import KINDS, RoutingTable
+from kubelambda.gateway.upstream import UpstreamPool
+from kubelambda.gateway.waker import Waker
+from kubelambda.gateway.watch import (
+    RESOURCES,
+    HttpKubeApi,
+    KubeConnection,
+    ResourceWatch,
+    connection_from_env,
+)
+
+log = logging.getLogger("kubelambda.gateway")
+
+_POLL_S = 0.02
+
+
+class Gateway:
+    """One gateway: started by ``run`` (with watches) or by tests (with a table they feed)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        table: RoutingTable | None = None,
+        *,
+        counter: ConcurrencyCounter | None = None,
+        publisher: AsyncPublisher | None = None,
+        waker: Waker | None = None,
+        authenticator: Authenticator | None = None,
+        read_secret: ReadSecret | None = None,
+    ) -> None:
+        self.config = config
+        self.table = table or RoutingTable(config.region)
+        self.counter = counter or LocalCounter(config.max_concurrency)
+        self.dispatcher = Dispatcher(self.table.endpoints, config.queue_length)
+        self.table.on_endpoints_changed = self.dispatcher.endpoints_changed
+        self.metrics = GatewayMetrics(self.dispatcher.in_flight, self.dispatcher.queued)
+        self._publisher = publisher
+        self._waker = waker
+        self._authenticator = authenticator
+        self._read_secret = read_secret
+        self._session: aiohttp.ClientSession | None = None
+        self._http_api: HttpApi | None = None
+        self._server: asyncio.Server | None = None
+        self._state: ServerState | None = None
+        self._pool: UpstreamPool | None = None
+        self._api: InvokeApi | None = None
+        self.port = 0
+        self.metrics_port = 0
+
+    @property
+    def api(self) -> InvokeApi:
+        assert self._api is not None, "start() first"
+        return self._api
+
+    async def start(self, host: str = "0.0.0.0") -> None:
+        self._pool = UpstreamPool()
+        self._api = InvokeApi(
+            self.config,
+            self.table,
+            counter=self.counter,
+            dispatcher=self.dispatcher,
+            pool=self._pool,
+            metrics=self.metrics,
+            waker=self._waker,
+            publisher=self._publisher,
+            authenticator=self._authenticator,
+        )
+        # HTTP backends and JWKS documents: not function pods, so a general-purpose client.
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._http_api = HttpApi(
+            self.config, self.table, self._api, self._session, read_secret=self._read_secret
+        )
+        self._api.fallback = self._http_api.handle
+        # The HTTP API limit; the Invoke API checks its own, lower one.
+        self._server, self._state = await serve_http(
+            self._api.handle, host, self.config.port, MAX_PAYLOAD_BYTES, self.config.max_connections
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.metrics_port = self.metrics.start_server(self.config.metrics_port, host)
+
+    async def drain(self) -> None:
+        """Graceful stop: unready, stop accepting, finish in-flight requests, close."""
+        assert self._server is not None
+        assert self._state is not None
+        assert self._pool is not None
+        self.api.draining = True
+        # Give endpoints controllers time to take this pod out of the Service first.
+        await asyncio.sleep(self.config.drain_delay_s)
+        self._server.close()
+        self._state.draining = True
+        self._state.close_idle()
+        while self._state.busy:
+            await asyncio.sleep(_POLL_S)
+        self._state.close_idle()
+        assert self._http_api is not None
+        assert self._session is not None
+        await self._http_api.close()
+        await self._session.close()
+        self._pool.close()
+        if self._publisher is not None:
+            await self._publisher.close()
+        self.metrics.stop_server()
+
+
+async def run(config: GatewayConfig, connection: KubeConnection) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pending = set(KINDS)
+
+    def synced(kind: str) -> None:
+        pending.discard(kind)
+        if not pending and not gateway.api.synced:
+            gateway.api.synced = True
+            log.info("routing state synced: ready")
+
+    async with aiohttp.ClientSession() as session:
+        kube = HttpKubeApi(connection, session)
+        gateway = Gateway(config, read_secret=kube.read_secret)
+        await gateway.start()
+        watches = [
+            loop.create_task(ResourceWatch(kube, resource, gateway.table, synced).run())
+            for resource in RESOURCES
+        ]
+        log.info(
+            "kubelambda-gateway: port %d, metrics port %d, default namespace %s",
+            gateway.port,
+            gateway.metrics_port,
+            config.default_namespace,
+        )
+        await stop.wait()
+        log.info("shutting down: draining in-flight invocations")
+        await gateway.drain()
+        for task in watches:
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubelambda-gateway", description=__doc__)
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig for runs outside a cluster (default: $KUBECONFIG)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("KUBELAMBDA_GATEWAY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(os.environ, args.kubeconfig)
+    except ConfigError as exc:
+        print(f"kubelambda-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        connection = connection_from_env(config.kubeconfig)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"kubelambda-gateway: no API server connection: {exc!r}", file=sys.stderr)
+        return 2
+    uvloop.run(run(config, connection))
+    return 0

@@ -1,0 +1,201 @@
+"""Prometheus metrics of the gateway, served on their own port.
+
+Label sets are bounded by construction: function and version labels only ever come from a
+resolved ``Target`` (a Function that exists, a version it serves); anything answered before
+resolution counts in ``kubelambda_gateway_rejected_requests_total`` by error code alone
+(as do the gateway's own errors after it).
+Per-version invocation counts are plain integers exported by a collector at scrape time, so
+the hot path does a dict lookup and a few additions, no locks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from kubelambda.gateway.routing import FunctionKey, VersionKey
+
+VERSION_LABELS = ("namespace", "function", "version")
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+)
+
+# Outcomes of an invocation that reached a pod (or waited for one).
+OK = "ok"
+FUNCTION_ERROR = "function"  # X-Amz-Function-Error: the function (or its runtime) failed
+SERVICE_ERROR = "service"  # the pod failed, or no pod became ready
+
+
+class _VersionStats:
+    """Counts of one function version's synchronous invocations, updated without locks."""
+
+    __slots__ = (
+        "buckets",
+        "duration_sum",
+        "events",
+        "function_errors",
+        "invocations",
+        "service_errors",
+    )
+
+    def __init__(self) -> None:
+        self.invocations = 0
+        self.events = 0
+        self.function_errors = 0
+        self.service_errors = 0
+        self.duration_sum = 0.0
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # per bucket, not cumulative
+
+
+class _Collector(Collector):
+    """Exports the per-version counts and the current in-flight / queued gauges at scrape time.
+
+    Plain integers on the hot path (the scrape, in the server's thread, reads them under the
+    GIL; a scrape may see one invocation half-counted, never a corrupt value).
+    """
+
+    def __init__(
+        self,
+        stats: dict[VersionKey, _VersionStats],
+        in_flight: Callable[[], dict[VersionKey, int]],
+        queued: Callable[[], dict[VersionKey, int]],
+    ) -> None:
+        self._stats = stats
+        self._in_flight = in_flight
+        self._queued = queued
+
+    def collect(self) -> Iterator[Metric]:
+        invocations = CounterMetricFamily(
+            "kubelambda_gateway_invocations",
+            "Invocations that reached a function (RequestResponse) or its queue (Event)",
+            labels=[*VERSION_LABELS, "type"],
+        )
+        errors = CounterMetricFamily(
+            "kubelambda_gateway_invocation_errors",
+            "Synchronous invocations that failed: kind=function (the function's error) or"
+            " service (pod failure, timeout, no ready pod)",
+            labels=[*VERSION_LABELS, "kind"],
+        )
+        duration = HistogramMetricFamily(
+            "kubelambda_gateway_invocation_duration_seconds",
+            "Synchronous invocations, from arrival to the answer (waiting included)",
+            labels=VERSION_LABELS,
+        )
+        for key, stats in list(self._stats.items()):
+            invocations.add_metric([*key, "RequestResponse"], stats.invocations)
+            invocations.add_metric([*key, "Event"], stats.events)
+            errors.add_metric([*key, FUNCTION_ERROR], stats.function_errors)
+            errors.add_metric([*key, SERVICE_ERROR], stats.service_errors)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*DURATION_BUCKETS, math.inf), stats.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else str(float(bound)), cumulative))
+            duration.add_metric(list(key), buckets, stats.duration_sum)
+        yield from (invocations, errors, duration)
+        running = GaugeMetricFamily(
+            "kubelambda_gateway_in_flight",
+            "Invocations running on a function pod now",
+            labels=VERSION_LABELS,
+        )
+        for key, count in self._in_flight().items():
+            running.add_metric(key, count)
+        yield running
+        waiting = GaugeMetricFamily(
+            "kubelambda_gateway_queued",
+            "Invocations waiting for a free or ready function pod now",
+            labels=VERSION_LABELS,
+        )
+        for key, count in self._queued().items():
+            waiting.add_metric(key, count)
+        yield waiting
+
+
+class GatewayMetrics:
+    def __init__(
+        self,
+        in_flight: Callable[[], dict[VersionKey, int]],
+        queued: Callable[[], dict[VersionKey, int]],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self._throttles = Counter(
+            "kubelambda_gateway_throttles",
+            "Invocations refused with 429, by reason",
+            ["namespace", "function", "reason"],
+            registry=self.registry,
+        )
+        self._rejected = Counter(
+            "kubelambda_gateway_rejected_requests",
+            "Requests the gateway itself answered with a service error, by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self._stats: dict[VersionKey, _VersionStats] = {}
+        self.registry.register(_Collector(self._stats, in_flight, queued))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _of(self, key: VersionKey) -> _VersionStats:
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = _VersionStats()
+        return stats
+
+    def invoked(self, key: VersionKey, outcome: str, seconds: float) -> None:
+        """One synchronous invocation finished."""
+        stats = self._of(key)
+        stats.invocations += 1
+        stats.duration_sum += seconds
+        stats.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        if outcome == FUNCTION_ERROR:
+            stats.function_errors += 1
+        elif outcome == SERVICE_ERROR:
+            stats.service_errors += 1
+
+    def queued_event(self, key: VersionKey) -> None:
+        self._of(key).events += 1
+
+    def throttled(self, function: FunctionKey, reason: str) -> None:
+        self._throttles.labels(*function, reason).inc()
+
+    def rejected(self, code: str) -> None:
+        self._rejected.labels(code).inc()
+
+    def start_server(self, port: int, host: str = "0.0.0.0") -> int:
+        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        bound: int = self._server.server_port
+        return bound
+
+    def stop_server(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None

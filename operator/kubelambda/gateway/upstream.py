@@ -1,0 +1,173 @@
+"""The gateway's client to function pods: keep-alive connections pooled per pod address.
+
+A bare asyncio Protocol with ``httptools``' response parser: one request per connection at a
+time, idle connections kept per address for reuse. Cheaper per call than a general-purpose
+client (no header multidicts, cookie jars or tracing hooks), which matters because every
+synchronous invocation crosses it. Agents answer with Content-Length, always.
+
+Failures come in two kinds, because only one of them may be retried: ``NotDelivered`` (the
+connection could not be made, so the pod never saw the request) and ``UpstreamError``
+(anything after the request was written: the function may have run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import NamedTuple, cast
+
+import httptools
+
+Address = tuple[str, int]
+
+CONNECT_TIMEOUT_S = 2.0
+MAX_IDLE_PER_ADDRESS = 256
+COPY_LIMIT = 64 * 1024
+
+
+class NotDelivered(Exception):
+    """The request never reached the pod: safe to send it elsewhere."""
+
+
+class UpstreamError(Exception):
+    """The pod failed after the request was sent: it may have run."""
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class UpstreamResponse(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, address: Address) -> None:
+        self._pool = pool
+        self.address = address
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.reusable = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.reusable = False
+        self._pool.forget(self)
+        self._fail(UpstreamError(f"connection to {self.address[0]}:{self.address[1]} lost"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response: {exc}"))
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        body = b"".join(self._body)
+        response = UpstreamResponse(self._parser.get_status_code(), self._headers, body)
+        self._headers, self._body = [], []
+        self.reusable = self._parser.should_keep_alive()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def send(self, head: bytes, body: bytes) -> asyncio.Future[UpstreamResponse]:
+        assert self.transport is not None
+        self.reusable = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        if len(body) < COPY_LIMIT:
+            self.transport.write(head + body)  # one send for the common small payload
+        else:
+            self.transport.writelines((head, body))
+        return self._waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    def __init__(self) -> None:
+        self._idle: dict[Address, list[_Connection]] = {}
+        self._loop = asyncio.get_running_loop()
+
+    async def _connect(self, address: Address) -> _Connection:
+        host, port = address
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, conn = await self._loop.create_connection(
+                    lambda: _Connection(self, address), host, port
+                )
+        except (OSError, TimeoutError) as exc:
+            raise NotDelivered(f"cannot connect to {host}:{port}: {exc}") from exc
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    async def request(
+        self, address: Address, head: bytes, body: bytes, timeout: float
+    ) -> UpstreamResponse:
+        """Send one request (``head`` ends with the blank line); the response within ``timeout``."""
+        idle = self._idle.get(address)
+        conn = idle.pop() if idle else await self._connect(address)
+        waiter = conn.send(head, body)
+        timer = self._loop.call_later(timeout, self._expire, conn, waiter, timeout)
+        try:
+            response = await waiter
+        except BaseException:
+            conn.close()  # mid-request: the connection's state is unknown
+            raise
+        finally:
+            timer.cancel()
+        if conn.reusable and conn.transport is not None:
+            idle = self._idle.setdefault(address, [])
+            if len(idle) < MAX_IDLE_PER_ADDRESS:
+                idle.append(conn)
+                return response
+        conn.close()
+        return response
+
+    @staticmethod
+    def _expire(
+        conn: _Connection, waiter: asyncio.Future[UpstreamResponse], timeout: float
+    ) -> None:
+        if not waiter.done():
+            waiter.set_exception(UpstreamTimeout(f"no response within {timeout:.1f} s"))
+        conn.close()  # a late answer must not be read as the next request's
+
+    def forget(self, conn: _Connection) -> None:
+        idle = self._idle.get(conn.address)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.address]
+
+    def close(self) -> None:
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,209 @@
+"""The gateway on the real cluster: unchanged boto3 against the Lambda Invoke API.
+
+Functions live in one namespace for the module; boto3 reaches them through the gateway
+Service with the namespace in the endpoint URL (``/namespaces/<ns>``), as a user would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.e2e.conftest import PLATFORM_NAMESPACE
+from tests.e2e.kube import apply, get, kubectl, wait_until
+from tests.e2e.test_runtimes import await_function, function, is_ready
+
+CODE = """
+import json, os, time
+
+def handler(event, context):
+    action = event.get("action") if isinstance(event, dict) else None
+    if action == "fail":
+        raise ValueError("asked to fail")
+    if action == "sleep":
+        time.sleep(event["seconds"])
+    print("handled", context.aws_request_id)
+    return {"event": event, "version": context.function_version,
+            "arn": context.invoked_function_arn, "marker": os.environ.get("MARKER")}
+"""
+
+
+def python(name: str, **spec: Any) -> dict[str, Any]:
+    return function(
+        name,
+        {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": CODE}},
+            **spec,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway_namespace() -> Iterator[str]:
+    name = f"e2e-gw-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    apply(
+        [
+            python("echo", timeoutSeconds=5),
+            python(
+                "capped",
+                timeoutSeconds=10,
+                concurrency={"reserved": 2},
+                scaling={"minInstances": 2},
+            ),
+            python("split", publish=True, environment={"variables": {"MARKER": "one"}}),
+        ],
+        name,
+    )
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def lam(gateway_namespace: str) -> Any:
+    service = get("service", "kubelambda-gateway", PLATFORM_NAMESPACE)
+    endpoint = f"http://{service['spec']['clusterIP']}:8080/namespaces/{gateway_namespace}"
+    for name in ("echo", "capped", "split"):
+        await_function(gateway_namespace, name)
+    return boto3.client(
+        "lambda",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 0}, read_timeout=60, max_pool_connections=32),
+    )
+
+
+def payload(response: dict[str, Any]) -> Any:
+    return json.loads(response["Payload"].read())
+
+
+def test_request_response(lam: Any) -> None:
+    response = lam.invoke(FunctionName="echo", Payload=json.dumps({"hello": "gateway"}))
+    assert response["StatusCode"] == 200
+    assert response["ExecutedVersion"] == "$LATEST"
+    assert "FunctionError" not in response
+    body = payload(response)
+    assert body["event"] == {"hello": "gateway"}
+    assert body["arn"].endswith(":function:echo")
+
+
+def test_log_tail_and_dry_run(lam: Any) -> None:
+    response = lam.invoke(FunctionName="echo", Payload=b"{}", LogType="Tail")
+    log = base64.b64decode(response["LogResult"]).decode()
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert f"START RequestId: {request_id}" in log
+    assert f"handled {request_id}" in log
+    assert f"REPORT RequestId: {request_id}" in log
+    dry = lam.invoke(FunctionName="echo", InvocationType="DryRun")
+    assert dry["StatusCode"] == 204
+
+
+def test_function_error_is_200_with_unhandled(lam: Any) -> None:
+    response = lam.invoke(FunctionName="echo", Payload=json.dumps({"action": "fail"}))
+    assert response["StatusCode"] == 200
+    assert response["FunctionError"] == "Unhandled"
+    body = payload(response)
+    assert body["errorType"] == "ValueError"
+    assert body["errorMessage"] == "asked to fail"
+
+
+@pytest.mark.parametrize(
+    ("name", "qualifier"),
+    [
+        ("missing", None),
+        ("echo", "7"),
+        ("echo:nope", None),
+    ],
+)
+def test_unknown_functions_and_qualifiers_are_404(
+    lam: Any, name: str, qualifier: str | None
+) -> None:
+    extra = {"Qualifier": qualifier} if qualifier else {}
+    with pytest.raises(ClientError) as error:
+        lam.invoke(FunctionName=name, Payload=b"{}", **extra)
+    assert error.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_bad_payload_and_too_large(lam: Any) -> None:
+    with pytest.raises(ClientError) as error:
+        lam.invoke(FunctionName="echo", Payload=b"not json")
+    assert error.value.response["Error"]["Code"] == "InvalidRequestContentException"
+    with pytest.raises(ClientError) as error:
+        lam.invoke(FunctionName="echo", Payload=json.dumps("x" * (6 * 1024 * 1024 + 10)))
+    assert error.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+def test_reserved_concurrency_throttles_exactly_the_excess(lam: Any) -> None:
+    def call(_: int) -> str:
+        try:
+            lam.invoke(FunctionName="capped", Payload=json.dumps({"action": "sleep", "seconds": 2}))
+        except ClientError as error:
+            return f"{error.response['Error']['Code']}/{error.response.get('Reason')}"
+        return "ok"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = Counter(pool.map(call, range(10)))
+    throttled = "TooManyRequestsException/ReservedFunctionConcurrentInvocationLimitExceeded"
+    assert outcomes == {"ok": 2, throttled: 8}, outcomes
+
+
+def test_versions_aliases_and_qualifier_forms(lam: Any, gateway_namespace: str) -> None:
+    ns = gateway_namespace
+    wait_until(
+        lambda: get("function", "split", ns)["status"]["latestVersion"] == 1, 60, "version 1"
+    )
+    apply(python("split", publish=True, environment={"variables": {"MARKER": "two"}}), ns)
+    wait_until(
+        lambda: get("function", "split", ns)["status"]["latestVersion"] == 2, 60, "version 2"
+    )
+    alias = {
+        "apiVersion": "kubelambda.io/v1alpha1",
+        "kind": "Alias",
+        "metadata": {"name": "split-live"},
+        "spec": {
+            "function": "split",
+            "name": "live",
+            "version": "1",
+            "routing": {"additionalVersion": "2", "weight": 0.3},
+        },
+    }
+    apply(alias, ns)
+    wait_until(partial(is_ready, "alias", "split-live", ns), 60, "alias Ready")
+    wait_until(partial(is_ready, "function", "split", ns), 120, "function Ready")
+
+    def executed(**kwargs: Any) -> tuple[str, str]:
+        response = lam.invoke(Payload=b"{}", **kwargs)
+        return response["ExecutedVersion"], payload(response)["marker"]
+
+    # Every qualifier form reaches the same version; the alias's versions need their pods.
+    wait_until(lambda: executed(FunctionName="split:1") == ("1", "one"), 120, "version 1's pods")
+    wait_until(
+        lambda: executed(FunctionName="split", Qualifier="2") == ("2", "two"), 120, "version 2"
+    )
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:split"
+    assert executed(FunctionName=f"{arn}:1") == ("1", "one")
+    assert executed(FunctionName="000000000000:function:split:2") == ("2", "two")
+    assert executed(FunctionName="split", Qualifier="$LATEST") == ("$LATEST", "two")
+
+    # Weighted alias: 30% +- 5% to version 2 over 1,000 calls.
+    with ThreadPoolExecutor(8) as pool:
+        versions = Counter(pool.map(lambda _: executed(FunctionName="split:live")[0], range(1000)))
+    assert set(versions) == {"1", "2"}
+    assert 250 <= versions["2"] <= 350, versions
