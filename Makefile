@@ -42,7 +42,8 @@ lint: ## ruff, mypy --strict and the import-layer contract
 	$(VENV)/bin/lint-imports
 
 .PHONY: test-unit
-test-unit: ## Unit tests (no cluster)
+test-unit: ## Unit tests (no cluster; a local nats-server for the invoker's)
+	hack/nats.sh
 	hack/pytest.sh tests/unit
 
 .PHONY: test-e2e

@@ -56,3 +56,6 @@ cp -r "$site_packages" "$context_root/platform/site-packages"
 cp -r "$package" "$context_root/platform/kubelambda"
 find "$context_root/platform/kubelambda" -name __pycache__ -prune -exec rm -rf {} +
 build platform "$repo_root/operator"
+
+# The queue: nats-server built from its Go module, in a static image (hack/nats.sh).
+"$hack_dir/nats.sh" --image

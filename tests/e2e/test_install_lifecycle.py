@@ -20,6 +20,8 @@ CLUSTER_OBJECTS = [
     ("clusterrolebinding", "kubelambda-operator"),
     ("clusterrole", "kubelambda-gateway"),
     ("clusterrolebinding", "kubelambda-gateway"),
+    ("clusterrole", "kubelambda-invoker"),
+    ("clusterrolebinding", "kubelambda-invoker"),
 ]
 
 
@@ -113,6 +115,15 @@ def test_kubectl_bundle_installs_and_removes_cleanly(namespace: str) -> None:
         "kubelambda-store",
         f"--from-literal=uploadToken={secrets.token_hex(20)}",
         f"--from-literal=signingKey={secrets.token_hex(20)}",
+    )
+    kubectl(
+        "-n",
+        PLATFORM_NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "kubelambda-invoker",
+        f"--from-literal=adminToken={secrets.token_hex(20)}",
     )
     kubectl("apply", "--server-side", "--force-conflicts", "-f", BUNDLE)
     wait_operator_ready()

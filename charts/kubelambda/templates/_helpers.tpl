@@ -24,3 +24,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- toJson $images -}}
 {{- end -}}
+
+{{/* Where the gateway and the invoker reach NATS: nats.url, else the chart's own. */}}
+{{- define "kubelambda.natsUrl" -}}
+{{- .Values.nats.url | default (printf "nats://%s-nats.%s.svc:4222" .Release.Name .Release.Namespace) -}}
+{{- end -}}
+
+{{/* Stream replicas: nats.streamReplicas, else 3 on a JetStream cluster, 1 on one server. */}}
+{{- define "kubelambda.streamReplicas" -}}
+{{- $nats := .Values.nats -}}
+{{- $nats.streamReplicas | default (ternary (min (int $nats.replicas) 3) 1 (and $nats.enabled (gt (int $nats.replicas) 1))) -}}
+{{- end -}}

@@ -1,18 +1,23 @@
-"""The gateway: the Lambda Invoke API in front of function pods.
+"""The gateway: the Lambda Invoke API and API Gateway HTTP APIs in front of function pods.
 
 Run as ``python -m kubelambda.gateway [--kubeconfig PATH]``. One asyncio loop on uvloop, an
 ``httptools`` HTTP/1.1 server (no framework), one pooled keep-alive client to the pods' agents.
-Routing state (Functions, Aliases, ready pod addresses from EndpointSlices labelled
+Routing state (Functions, Aliases, ApiRoutes, ready pod addresses from EndpointSlices labelled
 ``app.kubernetes.io/managed-by=kubelambda``, all namespaces) lives in memory, fed by watches;
-no request makes an API call.
+ApiRoutes are validated and compiled into plain tables when they arrive. No request makes an
+API call, except the first use (then every 30 s) of an API key Secret.
 
 Environment:
 
 =======================================  ========================================================
 KUBELAMBDA_GATEWAY_PORT                  HTTP port (0.0.0.0), default 8080
 KUBELAMBDA_GATEWAY_METRICS_PORT          Prometheus ``/metrics`` port, default 9090
-KUBELAMBDA_GATEWAY_DEFAULT_NAMESPACE     namespace of the un-prefixed Invoke API, default
-                                         ``default``
+KUBELAMBDA_GATEWAY_DEFAULT_NAMESPACE     namespace of the un-prefixed Invoke API and of the
+                                         HTTP API served at the root, default ``default``
+KUBELAMBDA_GATEWAY_DEFAULT_API           the HTTP API served at the root, default ``default``
+KUBELAMBDA_GATEWAY_API_DOMAIN            when set (e.g. ``apis.example.com``), a request for
+                                         host ``<api>.<namespace>.apis.example.com`` goes to
+                                         that HTTP API, its path unchanged; default unset
 KUBELAMBDA_GATEWAY_MAX_CONCURRENCY       platform-wide concurrent invocations, default 1000
 KUBELAMBDA_GATEWAY_QUEUE_LENGTH          invocations waiting for a busy or not yet ready pod,
                                          per function version, default 100
@@ -58,6 +63,32 @@ ConcurrentInvocationLimitExceeded (platform limit) or FunctionInvocationRateLimi
 pod busy and the wait queue full or timed out), 502 ResourceNotReadyException (no pod became
 ready in time) / ServiceException (the pod failed or did not answer within timeout + grace).
 
+Any other request is an HTTP API request (API Gateway HTTP API semantics, routes from
+``ApiRoute`` objects):
+
+- ``/apis/<namespace>/<api>/<path>`` - the API ``<api>`` (``spec.api``) of ``<namespace>``;
+  the prefix is stripped, ``rawPath`` is ``/<path>``.
+- with ``KUBELAMBDA_GATEWAY_API_DOMAIN`` set, a ``Host`` of ``<api>.<namespace>.<domain>``.
+- anything else - the default API (``KUBELAMBDA_GATEWAY_DEFAULT_API`` in the default
+  namespace), path as sent. The Invoke API paths, ``/healthz``, ``/readyz`` and ``/apis/...``
+  are therefore never routes of the default API.
+
+Routes match as API Gateway's do (``apiroutes``); a function integration gets the payload
+format 2.0 or 1.0 event (``apievents``) through the Invoke API's path (concurrency caps, pod
+choice, cold-start hold) within the route's ``timeoutMillis``; an HTTP integration is proxied
+(the greedy parameter's value, else the whole path, appended to ``target.http.url``). CORS
+preflights are answered by the gateway (``cors``); ``throttling`` is a token bucket per route
+and gateway replica; auth is ``API_KEY`` (``x-api-key`` against a Secret's values),
+``JWT`` (RSA, ``jwtauth``) or ``FUNCTION`` (a Lambda authorizer, simple responses, cached per
+identity). Errors are API Gateway's ``{"message": ...}``, every answer has
+``apigw-requestid``: 404 Not Found (no API or route), 401 Unauthorized (no or bad JWT,
+missing identity source), 403 Forbidden (bad API key, authorizer said no), 413 Request Entity
+Too Large (body over 10 MB, or an event over Lambda's 6 MB), 429 Too Many Requests (route
+throttling, function concurrency limits), 500 Internal Server Error (the target or
+authorizer function does not exist, the authorizer failed), 502 Internal Server Error (the
+function failed or returned an invalid response, the pod or HTTP backend failed), 503
+Service Unavailable (no pod became ready in time), 504 Endpoint request timed out.
+
 ``GET /healthz`` - 200 while the process serves. ``GET /readyz`` - 200 once the first list of
 every watched kind is in, 503 before and while shutting down.
 
@@ -67,5 +98,7 @@ duration, in-flight and queued per namespace/function/version).
 SIGTERM: turn unready, wait the drain delay, stop accepting, finish in-flight invocations, exit.
 
 The API server permissions it needs: get, list and watch on ``functions.kubelambda.io``,
-``aliases.kubelambda.io`` and ``endpointslices.discovery.k8s.io``, cluster-wide.
+``aliases.kubelambda.io``, ``apiroutes.kubelambda.io`` and
+``endpointslices.discovery.k8s.io``, cluster-wide; get on ``secrets`` (the API key Secrets
+that ApiRoutes name, read one by one, never listed).
 """

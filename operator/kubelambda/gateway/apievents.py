@@ -234,10 +234,15 @@ def v1_event(
     """Payload format 1.0 (REST API proxy): multi-value maps, nulls rather than omissions."""
     request = api_request.request
     headers = forwarded_headers(api_request)
-    multi_headers = {
-        name: [v.decode("latin-1") for v in request.values(name.encode("latin-1"))] or [value]
-        for name, value in headers.items()
-    }
+    repeated = request.repeated or {}
+    multi_headers = {}
+    for name, value in headers.items():
+        values = repeated.get(name.encode("latin-1"))
+        # x-forwarded-for got the client appended: one value, as in the single-value map.
+        if values is None or name == "x-forwarded-for":
+            multi_headers[name] = [value]
+        else:
+            multi_headers[name] = [v.decode("latin-1") for v in values]
     single_headers = {name: values[-1] for name, values in multi_headers.items()}
     query = query_parameters(api_request.raw_query)
     route = match.route

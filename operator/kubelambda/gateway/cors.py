@@ -19,7 +19,8 @@ def origin_allowed(policy: CorsPolicy, origin: str) -> bool:
 
 
 def _origin_headers(policy: CorsPolicy, origin: str) -> Headers:
-    if policy.any_origin and not policy.credentials:
+    # The model refuses "*" with credentials: "*" never reflects the caller's origin.
+    if policy.any_origin:
         headers = [(b"access-control-allow-origin", b"*")]
     else:
         headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin")]

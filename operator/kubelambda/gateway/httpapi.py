@@ -76,7 +76,9 @@ def api_error(status: int, request_id: str, extra: HeaderList | None = None) -> 
     return Response(status, head, json.dumps({"message": _MESSAGES[status]}).encode())
 
 
-class _Denied(Exception):
+class _GatewayError(Exception):
+    """An answer the gateway gives itself (API Gateway's shape), not the integration's."""
+
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
@@ -191,7 +193,7 @@ class HttpApi:
                 )
             else:
                 status, headers, body = await self._proxy(api_request, match, route.integration)
-        except _Denied as exc:
+        except _GatewayError as exc:
             return api_error(exc.status, request_id, cors)
         if route.cors is not None:
             # API Gateway replaces the integration's CORS headers with the route's.
@@ -204,21 +206,21 @@ class HttpApi:
 
     async def _authorize(self, api_request: ApiRequest, match: RouteMatch) -> dict[str, Any] | None:
         """The 2.0 event's ``requestContext.authorizer`` (None if there is none); raises
-        ``_Denied``."""
+        ``_GatewayError`` (401, 403, 500)."""
         auth = match.route.auth
         if auth is None:
             return None
         if isinstance(auth, ApiKeyPolicy):
             key = api_request.request.headers.get(b"x-api-key")
             if not await self._api_keys.accepts(api_request.namespace, auth.secret_name, key):
-                raise _Denied(403)
+                raise _GatewayError(403)
             return None
         if isinstance(auth, JwtPolicy):
             try:
                 claims = await self._jwt.verify(api_request.header(b"authorization"), auth)
             except JwtError as exc:
                 log.debug("%s: JWT refused: %s", api_request.request_id, exc)
-                raise _Denied(401) from exc
+                raise _GatewayError(401) from exc
             return authorizer_context(claims)
         return {"lambda": await self._lambda_authorizer(api_request, match, auth)}
 
@@ -234,7 +236,7 @@ class HttpApi:
                 query = query if query is not None else query_parameters(api_request.raw_query)
                 value = ",".join(query[name]) if name in query else None
             if not value:
-                raise _Denied(401)
+                raise _GatewayError(401)
             identity.append(value)
         key = (api_request.namespace, policy.function, policy.qualifier, tuple(identity))
         decision = self._decisions.get(key) if policy.cache_ttl_s else None
@@ -243,7 +245,7 @@ class HttpApi:
             if policy.cache_ttl_s:
                 self._decisions.put(key, decision, policy.cache_ttl_s)
         if not decision.authorized:
-            raise _Denied(403)
+            raise _GatewayError(403)
         return decision.context
 
     async def _ask_authorizer(
@@ -262,21 +264,21 @@ class HttpApi:
                 policy.function,
                 target.message,
             )
-            raise _Denied(500)
+            raise _GatewayError(500)
         event = authorizer_event(api_request, match, ACCOUNT_ID, self._config.region, identity)
         payload = json.dumps(event, separators=(",", ":")).encode()
         response, outcome = await self._invoke(
             target, payload, api_request.request_id, match.route.timeout_s
         )
         if outcome != OK or response.status != 200:
-            raise _Denied(500)
+            raise _GatewayError(500)
         try:
             result = json.loads(response.body)
         except ValueError:
             result = None
         if not isinstance(result, dict) or not isinstance(result.get("isAuthorized"), bool):
             log.warning("%s: authorizer %s gave no simple response", target.function, result)
-            raise _Denied(500)
+            raise _GatewayError(500)
         context = result.get("context")
         return Decision(result["isAuthorized"], context if isinstance(context, dict) else {})
 
@@ -285,17 +287,17 @@ class HttpApi:
     async def _invoke(
         self, target: Target, payload: bytes, request_id: str, timeout_s: float
     ) -> tuple[Response, str]:
-        """An invocation bounded by the route's integration timeout (raises ``_Denied(504)``);
+        """An invocation bounded by the route's integration timeout (raises ``_GatewayError(504)``);
         past it, the invocation goes on in the background and keeps its concurrency slot."""
         if len(payload) > MAX_REQUEST_BYTES:
-            raise _Denied(413)
+            raise _GatewayError(413)
         call = asyncio.ensure_future(self._invoker.invoke(target, payload, request_id))
         try:
             return await asyncio.wait_for(asyncio.shield(call), timeout_s)
         except TimeoutError:
             self._overdue.add(call)
             call.add_done_callback(self._overdue.discard)
-            raise _Denied(504) from None
+            raise _GatewayError(504) from None
 
     async def _call_function(
         self,
@@ -308,7 +310,7 @@ class HttpApi:
         target = self._table.resolve(route.namespace, integration.name, integration.qualifier)
         if isinstance(target, RouteError):
             log.warning("%s/%s: %s", route.namespace, route.name, target.message)
-            raise _Denied(500)
+            raise _GatewayError(500)
         if route.payload_version == "1.0":
             if authorizer is not None:
                 # 1.0 events carry the authorizer's claims or context at the top level.
@@ -321,20 +323,20 @@ class HttpApi:
             target, payload, api_request.request_id, route.timeout_s
         )
         if outcome == FUNCTION_ERROR:
-            raise _Denied(502)
+            raise _GatewayError(502)
         if outcome != OK or response.status != 200:
             if response.status == 429:
-                raise _Denied(429)
+                raise _GatewayError(429)
             if b"ResourceNotReadyException" in response.headers:
-                raise _Denied(503)
-            raise _Denied(502)
+                raise _GatewayError(503)
+            raise _GatewayError(502)
         try:
             if route.payload_version == "1.0":
                 return v1_response(response.body)
             return v2_response(response.body)
         except InvalidResponse as exc:
             log.info("%s/%s: invalid function response: %s", route.namespace, route.name, exc)
-            raise _Denied(502) from exc
+            raise _GatewayError(502) from exc
 
     async def _proxy(
         self, api_request: ApiRequest, match: RouteMatch, integration: HttpIntegration
@@ -372,10 +374,10 @@ class HttpApi:
                 ]
                 return reply.status, reply_headers, body
         except TimeoutError as exc:
-            raise _Denied(504) from exc
+            raise _GatewayError(504) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.info("%s/%s: backend %s failed: %s", route.namespace, route.name, url, exc)
-            raise _Denied(502) from exc
+            raise _GatewayError(502) from exc
 
     async def _fetch_json(self, url: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)

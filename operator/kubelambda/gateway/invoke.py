@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from urllib.parse import parse_qs, unquote
 
@@ -34,6 +35,7 @@ from kubelambda.gateway.waker import NoopWaker, Waker
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 6_291_456  # Lambda's synchronous request limit
+REQUEST_ID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_EVENT_BYTES = 262_144  # Lambda's asynchronous request limit (256 KiB)
 
 INVOKE_PREFIX = b"/2015-03-31/functions/"
@@ -78,6 +80,15 @@ NO_PUBLISHER = (
     "ServiceException",
     "Asynchronous (Event) invocation is not available: this gateway has no event queue configured.",
 )
+
+
+def caller_request_id(request: Request) -> str | None:
+    """The invoker replays an Event under the request id its caller got with the 202, so logs,
+    records and the DLQ line up; anything but a well-formed id is ignored."""
+    value = request.headers.get(b"x-kubelambda-request-id")
+    if value is None or REQUEST_ID_RE.fullmatch(value) is None:
+        return None
+    return value.decode()
 
 
 def new_request_id() -> str:
@@ -191,7 +202,7 @@ class InvokeApi:
                 "InvalidRequestContentException",
                 "Could not parse request body into json: the payload is not valid JSON",
             )
-        request_id = new_request_id()
+        request_id = caller_request_id(request) or new_request_id()
         if invocation_type == b"Event":
             return self._queue_event(request, target, request_id)
         reason = self._counter.try_acquire(target.function_key, target.config.reserved)

@@ -22,6 +22,7 @@ from kubelambda.gateway.httpserver import serve as serve_http
 from kubelambda.gateway.invoke import InvokeApi
 from kubelambda.gateway.metrics import GatewayMetrics
 from kubelambda.gateway.publisher import AsyncPublisher
+from kubelambda.gateway.publisher_nats import NatsPublisher
 from kubelambda.gateway.routing import KINDS, RoutingTable
 from kubelambda.gateway.upstream import UpstreamPool
 from kubelambda.gateway.waker import Waker
@@ -141,7 +142,11 @@ async def run(config: GatewayConfig, connection: KubeConnection) -> None:
 
     async with aiohttp.ClientSession() as session:
         kube = HttpKubeApi(connection, session)
-        gateway = Gateway(config, read_secret=kube.read_secret)
+        # Event invocations need JetStream; without KUBELAMBDA_NATS_URL they get a clear 501.
+        publisher = NatsPublisher.from_env(os.environ)
+        if publisher is not None:
+            publisher.start()  # connects in the background; Events get 503 until then
+        gateway = Gateway(config, read_secret=kube.read_secret, publisher=publisher)
         await gateway.start()
         watches = [
             loop.create_task(ResourceWatch(kube, resource, gateway.table, synced).run())

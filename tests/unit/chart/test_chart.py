@@ -49,6 +49,8 @@ def test_kubectl_bundle_matches_the_chart() -> None:
         "kubelambda-system",
         "--set",
         "store.createSecret=false",
+        "--set",
+        "invoker.createSecret=false",
     )
     assert rendered in bundle, "run `make bundle`"
 
@@ -62,10 +64,20 @@ def test_rendered_objects_are_labelled_and_least_privileged() -> None:
     for obj in objects:
         if obj["kind"] != "CustomResourceDefinition":
             assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "kubelambda"
-    role = next(o for o in objects if o["kind"] == "ClusterRole")
-    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
-    assert "*" not in verbs
-    assert not any("secrets" in rule["resources"] for rule in role["rules"])
+    roles = {o["metadata"]["name"]: o["rules"] for o in objects if o["kind"] == "ClusterRole"}
+    assert set(roles) == {"kl-operator", "kl-gateway", "kl-invoker"}
+    for rules in roles.values():
+        assert all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in rules)
+    # Only the gateway touches Secrets: those API-key routes name, by name, never listed.
+    secret_rules = [
+        (name, rule["verbs"])
+        for name, rules in roles.items()
+        for rule in rules
+        if "secrets" in rule["resources"]
+    ]
+    assert secret_rules == [("kl-gateway", ["get"])]
+    invoker_verbs = {verb for rule in roles["kl-invoker"] for verb in rule["verbs"]}
+    assert invoker_verbs == {"get", "list", "watch"}
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     assert len(crds) == 4
     assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds)

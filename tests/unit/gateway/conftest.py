@@ -7,6 +7,7 @@ EndpointSlices pointing at agents on 127.0.0.1, the same way the watches would.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import os
 import signal
@@ -95,17 +96,27 @@ class Agent:
 
 def start_agent(
     directory: Path,
+    *,
     version: str = "$LATEST",
     concurrency: int = 1,
     timeout: int = 3,
     code: str = APP,
+    vendor: tuple[str, ...] = (),
     **env: str,
 ) -> Agent:
     """An agent serving ``code`` (``APP``) as app.py with the Python runtime (as
-    tests/unit/agent does)."""
+    tests/unit/agent does). ``vendor``: top-level modules of this environment put into the
+    task root, as a deployment package bundles its libraries."""
     task_root = directory / "task"
     task_root.mkdir(parents=True, exist_ok=True)
     (task_root / "app.py").write_text(textwrap.dedent(code))
+    for module in vendor:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None, module
+        assert spec.origin is not None, module
+        origin = Path(spec.origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        (task_root / source.name).symlink_to(source)
     port = free_port()
     keep = ("PATH", "HOME", "LANG", "TMPDIR")
     full_env = {k: v for k, v in os.environ.items() if k in keep} | {
@@ -225,9 +236,7 @@ def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
     running: list[RunningGateway] = []
 
     def start(**settings: Any) -> RunningGateway:
-        hooks = {
-            k: settings.pop(k) for k in ("publisher", "waker", "read_secret") if k in settings
-        }
+        hooks = {k: settings.pop(k) for k in ("publisher", "waker", "read_secret") if k in settings}
         config = GatewayConfig(**({"port": 0, "metrics_port": 0} | settings))
         gateway = RunningGateway(Gateway(config, **hooks))
         running.append(gateway)

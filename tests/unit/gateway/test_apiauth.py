@@ -286,7 +286,12 @@ SITE = "https://site.example"
             },
         ),
         (
-            {"allowOrigins": ["*"], "allowMethods": ["*"], "allowHeaders": ["*"], "maxAgeSeconds": 5},
+            {
+                "allowOrigins": ["*"],
+                "allowMethods": ["*"],
+                "allowHeaders": ["*"],
+                "maxAgeSeconds": 5,
+            },
             SITE,
             "DELETE",
             "X-A, X-B",

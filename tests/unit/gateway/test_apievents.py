@@ -61,7 +61,10 @@ V1_FIXTURE = {
     "httpMethod": "GET",
     "multiValueHeaders": {"header1": ["value1"], "header2": ["value1", "value2"]},
     "queryStringParameters": {"parameter1": "value2", "parameter2": "value"},
-    "multiValueQueryStringParameters": {"parameter1": ["value1", "value2"], "parameter2": ["value"]},
+    "multiValueQueryStringParameters": {
+        "parameter1": ["value1", "value2"],
+        "parameter2": ["value"],
+    },
     "pathParameters": None,
     "stageVariables": None,
     "body": "Hello from Lambda!",
@@ -163,6 +166,16 @@ def test_v1_event_matches_the_fixture():
         "$default",
     )
     assert context["requestTime"] == "12/Mar/2020:19:03:58 +0000"
+
+
+def test_forwarded_for_appends_the_client():
+    request = api_request("GET", b"", [*BASE_HEADERS, (b"x-forwarded-for", b"10.0.0.1")])
+    match = RouteMatch(compile_route(route_obj("GET /my/path")), {})
+    v1 = v1_event(request, match, "123456789012")
+    v2 = v2_event(request, match, "123456789012")
+    assert v1["multiValueHeaders"]["x-forwarded-for"] == ["10.0.0.1, 192.168.0.1"]
+    assert v1["headers"]["x-forwarded-for"] == "10.0.0.1, 192.168.0.1"
+    assert v2["headers"]["x-forwarded-for"] == "10.0.0.1, 192.168.0.1"
 
 
 def test_authorizer_event():

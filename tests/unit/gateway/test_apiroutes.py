@@ -98,9 +98,11 @@ def test_apis_and_namespaces_are_separate():
     table.apply(API_ROUTE, {"type": "ADDED", "object": route_obj("GET /b", namespace="team")})
     one = table.api_routes.table("default", "one")
     team = table.api_routes.table("team", "default")
-    assert one is not None and one.match("GET", "/a") is not None
+    assert one is not None
+    assert one.match("GET", "/a") is not None
     assert one.match("GET", "/b") is None
-    assert team is not None and team.match("GET", "/b") is not None
+    assert team is not None
+    assert team.match("GET", "/b") is not None
 
 
 def test_apply_update_delete_and_invalid():
@@ -110,7 +112,8 @@ def test_apply_update_delete_and_invalid():
     table.apply(route_obj("GET /b", name="r", api="other"), deleted=False)
     assert table.table("default", "default") is None
     other = table.table("default", "other")
-    assert other is not None and other.match("GET", "/b") is not None
+    assert other is not None
+    assert other.match("GET", "/b") is not None
     # An invalid update drops the route rather than keep a stale one.
     table.apply(route_obj("FETCH /b", name="r", api="other"), deleted=False)
     assert table.table("default", "other") is None
@@ -125,7 +128,8 @@ def test_duplicate_route_key_first_name_wins():
     api = table.table("default", "default")
     assert api is not None
     match = api.match("GET", "/a")
-    assert match is not None and match.route.name == "a-route"
+    assert match is not None
+    assert match.route.name == "a-route"
 
 
 def test_compile():

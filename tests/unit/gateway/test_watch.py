@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from kubelambda.gateway.apiroutes import API_ROUTE
 from kubelambda.gateway.routing import ENDPOINT_SLICE, FUNCTION, RouteError, RoutingTable
 from kubelambda.gateway.watch import (
     RESOURCES,
     ApiError,
     Gone,
+    HttpKubeApi,
+    KubeConnection,
     ResourceWatch,
     WatchedResource,
     from_kubeconfig,
     in_cluster,
 )
+from tests.unit.gateway.apiobjects import route_obj
 from tests.unit.gateway.objects import function_obj, slice_obj
 
 FUNCTIONS = RESOURCES[0]
@@ -238,3 +246,66 @@ def test_kubeconfig_missing_context(tmp_path: Path):
     config.write_text("current-context: nope\ncontexts: []\n")
     with pytest.raises(ValueError, match="no context named 'nope'"):
         from_kubeconfig(str(config))
+
+
+def test_api_routes_are_watched_and_fed():
+    routes = next(r for r in RESOURCES if r.kind == API_ROUTE)
+    assert routes.path == "/apis/kubelambda.io/v1alpha1/apiroutes"
+    table = RoutingTable()
+    seen: list[bool] = []
+
+    def listed(kind: str) -> None:
+        seen.append(table.api_routes.table("default", "default") is not None)
+
+    api = FakeApi(
+        [page([route_obj("GET /a")], "5")],
+        [[event("ADDED", route_obj("GET /b")), event("DELETED", route_obj("GET /a"))]],
+    )
+    run(ResourceWatch(api, routes, table, listed))
+    assert seen == [True]
+    api_table = table.api_routes.table("default", "default")
+    assert api_table is not None
+    assert api_table.match("GET", "/a") is None
+    assert api_table.match("GET", "/b") is not None
+
+
+def test_read_secret_through_the_api_server():
+    requests: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append((self.path, self.headers.get("Authorization")))
+            status, body = {
+                "/api/v1/namespaces/team/secrets/keys": (200, {"data": {"k": "a2V5"}}),
+                "/api/v1/namespaces/team/secrets/broken": (500, {"message": "oops"}),
+            }.get(self.path, (404, {"reason": "NotFound"}))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    connection = KubeConnection(f"http://127.0.0.1:{server.server_address[1]}", False, token="t")
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            kube = HttpKubeApi(connection, session)
+            assert await kube.read_secret("team", "keys") == {"k": "a2V5"}
+            assert await kube.read_secret("team", "missing") is None
+            with pytest.raises(ApiError):
+                await kube.read_secret("team", "broken")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert requests[0] == ("/api/v1/namespaces/team/secrets/keys", "Bearer t")

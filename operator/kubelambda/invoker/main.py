@@ -1,0 +1,149 @@
+"""Invoker entry point: connects to NATS, lists Functions, runs the workers, metrics and admin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+import yaml
+from pydantic import ValidationError
+
+from kubelambda.gateway.watch import HttpKubeApi, connection_from_env
+from kubelambda.invoker.admin import AdminApi
+from kubelambda.invoker.broker import BrokerError
+from kubelambda.invoker.config import ConfigError, InvokerConfig, load_config
+from kubelambda.invoker.core import Invoker
+from kubelambda.invoker.functions import (
+    ApiDirectory,
+    FunctionDirectory,
+    FunctionSettings,
+    StaticDirectory,
+    settings_from_spec,
+)
+from kubelambda.invoker.jetstream import JetStreamBroker
+from kubelambda.invoker.metrics import InvokerMetrics
+
+log = logging.getLogger("kubelambda.invoker")
+
+_STREAMS_RETRY_S = 2.0
+
+
+def load_functions_file(path: str) -> StaticDirectory:
+    """Function manifests (one YAML/JSON document or many, or a List) for runs without a cluster."""
+    functions: dict[tuple[str, str], FunctionSettings] = {}
+    for document in yaml.safe_load_all(Path(path).read_text()):
+        if not isinstance(document, dict):
+            continue
+        items: list[Any] = (
+            (document.get("items") or []) if document.get("kind") == "List" else [document]
+        )
+        for item in items:
+            metadata = item.get("metadata") or {}
+            key = (str(metadata.get("namespace") or "default"), str(metadata["name"]))
+            functions[key] = settings_from_spec(item.get("spec") or {})
+    return StaticDirectory(functions)
+
+
+async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = InvokerMetrics()
+    metrics_port = metrics.start_server(config.metrics_port)
+    broker = await JetStreamBroker.connect(
+        config.nats_url, "kubelambda-invoker", config.streams, config.consumers
+    )
+    ready = False
+    admin = AdminApi(broker, config.admin_token, lambda: int(time.time() * 1000), lambda: ready)
+    admin_port = await admin.start(config.admin_port)
+    while True:
+        try:
+            await broker.ensure_streams(update=True)
+            break
+        except BrokerError as exc:
+            log.warning("creating the streams: %s; retrying", exc)
+            await asyncio.sleep(_STREAMS_RETRY_S)
+    background: list[asyncio.Task[None]] = []
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        directory: FunctionDirectory
+        if functions_file is not None:
+            directory = load_functions_file(functions_file)
+        else:
+            api_directory = ApiDirectory(
+                HttpKubeApi(connection_from_env(config.kubeconfig), session),
+                config.functions_refresh_s,
+            )
+            background.append(loop.create_task(api_directory.run()))
+            await api_directory.synced.wait()
+            directory = api_directory
+        invoker = Invoker(config, broker, directory, session, metrics=metrics)
+        background.append(loop.create_task(invoker.run(stop)))
+        background.append(loop.create_task(invoker.run_sampler(stop)))
+        ready = True
+        log.info(
+            "kubelambda-invoker: NATS %s, gateway %s, admin port %d, metrics port %d",
+            config.nats_url,
+            config.gateway_url,
+            admin_port,
+            metrics_port,
+        )
+        await stop.wait()
+        ready = False
+        log.info("shutting down: finishing in-flight events")
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await invoker.stop()
+    await admin.stop()
+    await broker.close()
+    metrics.stop_server()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubelambda-invoker", description=__doc__)
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig for runs outside a cluster (default: $KUBECONFIG)"
+    )
+    parser.add_argument(
+        "--functions",
+        metavar="FILE",
+        help="read Function manifests from FILE instead of the API server (local runs)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("KUBELAMBDA_INVOKER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(os.environ, args.kubeconfig)
+    except ConfigError as exc:
+        print(f"kubelambda-invoker: {exc}", file=sys.stderr)
+        return 2
+    if args.functions is None:
+        try:
+            connection_from_env(config.kubeconfig)
+        except (ValueError, KeyError, OSError) as exc:
+            print(f"kubelambda-invoker: no API server connection: {exc!r}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            load_functions_file(args.functions)
+        except (OSError, yaml.YAMLError, KeyError, ValidationError, ValueError) as exc:
+            print(f"kubelambda-invoker: {args.functions}: {exc}", file=sys.stderr)
+            return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(run(config, args.functions))
+    return 0

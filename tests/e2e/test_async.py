@@ -1,0 +1,249 @@
+"""Async (Event) invocations on the real cluster: boto3 -> gateway -> JetStream -> invoker.
+
+The e2e platform runs the invoker with a 2 s retry base (Lambda's 1-2 min would make the test
+take minutes; see conftest). Destination records are POSTed to an HTTP server on this host,
+which the invoker reaches at the node's address; dead letters are read from the invoker's
+admin API.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tests.e2e.conftest import PLATFORM_NAMESPACE
+from tests.e2e.kube import apply, get, kubectl, wait_until
+from tests.e2e.test_runtimes import await_function, function
+
+EVENTS = 1000
+FLAKY = """
+import json, random
+
+def handler(event, context):
+    if event.get("fail") or random.random() < event.get("failure_rate", 0):
+        raise RuntimeError("flaky failure")
+    return {"ok": event.get("n")}
+"""
+
+
+class RecordSink:
+    """Collects destination records (Lambda invocation records) POSTed by the invoker."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with sink.lock:
+                    sink.records.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        node = get("nodes")["items"][0]
+        address = next(a for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+        self.url = f"http://{address['address']}:{self.server.server_address[1]}/records"
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.records)
+
+
+class Dlq:
+    def __init__(self) -> None:
+        service = get("service", "kubelambda-invoker", PLATFORM_NAMESPACE)
+        self.host = service["spec"]["clusterIP"]
+        secret = get("secret", "kubelambda-invoker", PLATFORM_NAMESPACE)
+        self.token = base64.b64decode(secret["data"]["adminToken"]).decode()
+
+    def call(self, method: str, path: str) -> Any:
+        conn = http.client.HTTPConnection(self.host, 8081, timeout=30)
+        try:
+            conn.request(method, path, headers={"Authorization": f"Bearer {self.token}"})
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status < 300, (response.status, body)
+            return json.loads(body) if body else None
+        finally:
+            conn.close()
+
+    def letters(self, namespace: str, function: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.call(
+                "GET", f"/dlq?namespace={namespace}&function={function}&after={after}&limit=500"
+            )
+            found += page["deadLetters"]
+            if page["next"] is None:
+                return found
+            after = page["next"]
+
+
+@pytest.fixture(scope="module")
+def async_namespace() -> Iterator[str]:
+    name = f"e2e-async-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[RecordSink]:
+    server = RecordSink()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def lam(async_namespace: str) -> Any:
+    service = get("service", "kubelambda-gateway", PLATFORM_NAMESPACE)
+    return boto3.client(
+        "lambda",
+        endpoint_url=f"http://{service['spec']['clusterIP']}:8080/namespaces/{async_namespace}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 0}, read_timeout=60, max_pool_connections=16),
+    )
+
+
+def flaky(name: str, **spec: Any) -> dict[str, Any]:
+    return function(
+        name,
+        {
+            "runtime": "python3.11",
+            "handler": "app.handler",
+            "code": {"inline": {"app.py": FLAKY}},
+            **spec,
+        },
+    )
+
+
+def send_events(lam: Any, name: str, events: list[dict[str, Any]]) -> list[str]:
+    def send(event: dict[str, Any]) -> str:
+        response = lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(event))
+        assert response["StatusCode"] == 202
+        return str(response["ResponseMetadata"]["RequestId"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(send, events))
+
+
+def test_every_event_ends_in_exactly_one_of_success_or_dlq(
+    lam: Any, async_namespace: str, sink: RecordSink
+) -> None:
+    ns = async_namespace
+    apply(
+        flaky(
+            "flaky",
+            scaling={"minInstances": 2},
+            **{"async": {"maximumRetryAttempts": 2, "onSuccess": {"url": sink.url}}},
+        ),
+        ns,
+    )
+    await_function(ns, "flaky")
+    started = time.monotonic()
+    ids = send_events(lam, "flaky", [{"n": i, "failure_rate": 0.3} for i in range(EVENTS)])
+    accepted_s = time.monotonic() - started
+    assert len(set(ids)) == EVENTS
+    dlq = Dlq()
+
+    def settled() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        successes = [r for r in sink.snapshot() if r["requestContext"]["requestId"] in ids]
+        letters = dlq.letters(ns, "flaky")
+        done = {r["requestContext"]["requestId"] for r in successes}
+        done |= {d["requestId"] for d in letters}
+        return (successes, letters) if done >= set(ids) else None
+
+    successes, letters = wait_until(settled, 240, "every event settled", interval=2)
+    success_ids = Counter(r["requestContext"]["requestId"] for r in successes)
+    dead_ids = Counter(d["requestId"] for d in letters)
+    # Exactly one outcome per request id (duplicate deliveries would show as counts > 1).
+    assert not set(success_ids) & set(dead_ids)
+    assert max(success_ids.values()) == 1, success_ids.most_common(3)
+    assert max(dead_ids.values(), default=1) == 1
+    assert set(success_ids) | set(dead_ids) == set(ids)
+    # 0.3^3 of 1,000 events fail all three attempts: a few, not none of them and not many.
+    assert len(dead_ids) < 100
+    for record in successes:
+        context = record["requestContext"]
+        assert record["version"] == "1.0"
+        assert context["condition"] == "Success"
+        assert context["functionArn"].endswith(":function:flaky:$LATEST")
+        assert 1 <= context["approximateInvokeCount"] <= 3
+        assert record["responseContext"]["statusCode"] == 200
+        assert record["responsePayload"] == {"ok": record["requestPayload"]["n"]}
+    for letter in letters:
+        assert letter["condition"] == "RetriesExhausted"
+        assert letter["attempts"] == 3
+        assert letter["errorMessage"]
+    print(f"\naccepted {EVENTS} events in {accepted_s:.1f} s; dead letters: {len(letters)}")
+
+
+def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(
+    lam: Any, async_namespace: str, sink: RecordSink
+) -> None:
+    ns = async_namespace
+    manifest = flaky(
+        "parked",
+        concurrency={"reserved": 0},
+        **{"async": {"maximumEventAgeSeconds": 60, "onSuccess": {"url": sink.url}}},
+    )
+    apply(manifest, ns)
+    ids = send_events(lam, "parked", [{"n": i} for i in range(5)])
+    dlq = Dlq()
+
+    def five_letters() -> list[dict[str, Any]] | None:
+        found = dlq.letters(ns, "parked")
+        return found if len(found) == 5 else None
+
+    letters = wait_until(five_letters, 120, "5 dead letters")
+    assert {d["requestId"] for d in letters} == set(ids)
+    # Lambda sends events of a function with reserved concurrency 0 straight to failure.
+    assert {d["errorCode"] for d in letters} == {"429"}
+    one = dlq.call("GET", f"/dlq/{letters[0]['sequence']}")
+    assert one["payload"] == {"n": int(one["payload"]["n"])}
+
+    # Fix the function (lift the cap), redrive: every event succeeds, the DLQ empties.
+    manifest["spec"]["concurrency"] = {}
+    apply(manifest, ns)
+    await_function(ns, "parked")
+
+    def succeeded() -> set[str]:
+        return {
+            r["requestContext"]["requestId"]
+            for r in sink.snapshot()
+            if r["requestContext"]["functionArn"].endswith(":function:parked:$LATEST")
+        }
+
+    # The invoker re-reads Function settings every few seconds: a redrive that still saw the
+    # old cap lands the events back in the DLQ, where the next redrive picks them up.
+    deadline = time.monotonic() + 120
+    while not succeeded() >= set(ids):
+        assert time.monotonic() < deadline, f"redriven events did not succeed: {succeeded()}"
+        dlq.call("POST", f"/dlq/redrive?namespace={ns}&function=parked&limit=100")
+        time.sleep(5)
+    assert dlq.letters(ns, "parked") == []
