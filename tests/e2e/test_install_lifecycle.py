@@ -81,7 +81,7 @@ def test_helm_upgrade_keeps_functions_serving(namespace: str) -> None:
         lambda: (
             get("deployment", "fn-survivor-latest", namespace)["spec"]["template"]["spec"][
                 "containers"
-            ][0]["resources"]["limits"]["memory"]
+            ][0]["resources"]["requests"]["memory"]
             == "192Mi"
         ),
         60,
