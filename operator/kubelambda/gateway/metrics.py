@@ -11,12 +11,10 @@ the hot path does a dict lookup and a few additions, no locks.
 from __future__ import annotations
 
 import math
-import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from kubelambda.exporter import MetricsEndpoint
 from kubelambda.gateway.routing import FunctionKey, VersionKey
 
 VERSION_LABELS = ("namespace", "function", "version")
@@ -159,8 +158,7 @@ class GatewayMetrics:
         )
         self._stats: dict[VersionKey, _VersionStats] = {}
         self.registry.register(_Collector(self._stats, in_flight, queued))
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint = MetricsEndpoint(self.registry)
 
     def _of(self, key: VersionKey) -> _VersionStats:
         stats = self._stats.get(key)
@@ -189,13 +187,7 @@ class GatewayMetrics:
         self._rejected.labels(code).inc()
 
     def start_server(self, port: int, host: str = "0.0.0.0") -> int:
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        bound: int = self._server.server_port
-        return bound
+        return self._endpoint.start(port, host)
 
     def stop_server(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
+        self._endpoint.stop()

@@ -7,11 +7,9 @@ replica reports the same values: aggregate them with ``max``, not ``sum``).
 
 from __future__ import annotations
 
-import threading
-from wsgiref.simple_server import WSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
+from kubelambda.exporter import MetricsEndpoint
 from kubelambda.invoker.broker import FunctionKey
 
 LABELS = ("namespace", "function")
@@ -85,8 +83,7 @@ class InvokerMetrics:
             LABELS,
             registry=r,
         )
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint = MetricsEndpoint(self.registry)
 
     def set_sampled(
         self,
@@ -105,13 +102,7 @@ class InvokerMetrics:
                 gauge.labels(*key).set(value)
 
     def start_server(self, port: int, host: str = "0.0.0.0") -> int:
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        bound: int = self._server.server_port
-        return bound
+        return self._endpoint.start(port, host)
 
     def stop_server(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
+        self._endpoint.stop()
