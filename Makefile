@@ -9,6 +9,10 @@ export KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+.PHONY: up
+up: ## Everything from a clean machine: cluster (if none), images, platform, a hello function and route
+	hack/up.sh
+
 .PHONY: deps
 deps: ## Install Debian packages and the Python virtualenv (.venv)
 	hack/install-deps.sh

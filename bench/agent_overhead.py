@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bench.common import percentile
 
@@ -223,8 +223,8 @@ class _MiniConn(asyncio.Protocol):
         self.buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -321,9 +321,40 @@ async def _serve_relay(invoke_port: int, api_port: int, count: int) -> None:
         server.close()
 
 
-def relay_main(invoke_port: int, api_port: int, count: int) -> int:
+def use_uvloop() -> None:
+    """Run asyncio on uvloop (a dependency the runtime images do not have): what it would
+    give, measured with ``--uvloop``. uvloop refuses a SIGCHLD handler (it keeps SIGCHLD for
+    its own subprocesses, which the agent does not use): that one goes through signal."""
+    import uvloop  # noqa: PLC0415
+
+    class Loop(uvloop.Loop):
+        def add_signal_handler(  # type: ignore[override]
+            self, sig: int, callback: Callable[..., object], *args: Any
+        ) -> None:
+            if sig != signal.SIGCHLD:
+                super().add_signal_handler(sig, callback, *args)
+                return
+            signal.signal(sig, lambda _s, _f: self.call_soon_threadsafe(callback, *args))
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return Loop()
+
+    asyncio.set_event_loop_policy(Policy())
+
+
+def relay_main(invoke_port: int, api_port: int, count: int, uvloop: bool) -> int:
+    if uvloop:
+        use_uvloop()
     asyncio.run(_serve_relay(invoke_port, api_port, count))
     return 0
+
+
+# The agent's entry point, on uvloop (``--uvloop``).
+_AGENT_ON_UVLOOP = (
+    "from bench.agent_overhead import use_uvloop; use_uvloop(); "
+    "from kubelambda.agent.main import main; raise SystemExit(main())"
+)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -932,13 +963,20 @@ class Bench:
         self.task_root.mkdir()
         (self.task_root / "app.py").write_text(HANDLERS[args.handler])
 
-    def start_agent(self, role: str, concurrency: int) -> tuple[Proc, int]:
+    def start_agent(
+        self, role: str, concurrency: int, code: Path = OPERATOR_DIR
+    ) -> tuple[Proc, int]:
+        """An agent whose package is imported from `code` (another copy for --baseline)."""
         port, api_port = free_port_range(1), free_port_range(concurrency)
         env = agent_env(self.task_root, port, api_port, concurrency)
-        argv = [sys.executable, "-m", "kubelambda.agent"]
+        env["PYTHONPATH"] = str(code)
+        if self.args.uvloop:  # the bench module (for use_uvloop) comes after the agent's code
+            env["PYTHONPATH"] += f":{REPO_ROOT}"
+        entry = ["-c", _AGENT_ON_UVLOOP] if self.args.uvloop else ["-m", "kubelambda.agent"]
+        argv = [sys.executable, *entry]
         if self.args.profile_agent:
             profile = self.workdir / f"{role}.prof"
-            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "kubelambda.agent"]
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *entry]
         proc = self.procs.start(role, argv, env, REPO_ROOT)
         wait_healthy(port, [proc], self.args.timeout)
         return proc, port
@@ -947,6 +985,8 @@ class Bench:
         port, api_port = free_port_range(1), free_port_range(concurrency)
         argv = [sys.executable, "-m", "bench.agent_overhead"]
         argv += ["--relay", str(port), str(api_port), str(concurrency)]
+        if self.args.uvloop:
+            argv.append("--uvloop")
         relay = self.procs.start(role, argv, base_env(REPO_ROOT), REPO_ROOT)
         command, env = runtime_spec(agent_env(self.task_root, port, api_port, concurrency))
         wait_listening(port, relay, self.args.timeout)  # the API ports are bound before it
@@ -1005,6 +1045,19 @@ class Bench:
                     "inproc", inproc_call(HANDLERS[args.handler], self.event, self.expected), {}
                 ),
             ]
+            others = [relay, *relay_runtimes, direct_runtime]
+            if args.baseline is not None:
+                baseline, baseline_port = self.start_agent("baseline", 1, args.baseline)
+                others.append(baseline)
+                baseline_client = Client(baseline_port, args.timeout)
+                stack.callback(baseline_client.close)
+                scenarios.append(
+                    Scenario(
+                        "baseline",
+                        http_call(baseline_client, self.request, self.expected),
+                        {"agent": baseline.pid, "runtime": children_of(baseline.pid)[0]},
+                    )
+                )
             for scenario in scenarios:
                 run_block(scenario, args.warmup, self.deadline, timed=False)
             rss["after_warmup"] = rss_mb(agent.pid)
@@ -1017,7 +1070,7 @@ class Bench:
                 for k in range(len(scenarios)):
                     scenario = scenarios[(r + k) % len(scenarios)]
                     run_block(scenario, count, self.deadline, timed=True)
-                for proc in (agent, relay, *relay_runtimes, direct_runtime):
+                for proc in (agent, *others):
                     proc.check()
             rss["after_timed_run"] = rss_mb(agent.pid)
             out["rss_mb"] = {
@@ -1043,7 +1096,7 @@ class Bench:
             out["agent_log_bytes_per_invocation"] = round(
                 log / (args.warmup + args.requests + 1), 1
             )
-        for proc in (agent, relay, *relay_runtimes, direct_runtime):
+        for proc in (agent, *others):
             self.procs.stop(proc)
         return out
 
@@ -1099,8 +1152,10 @@ def print_report(result: dict[str, Any]) -> None:
             f"{name:<8} {lat['n']:>5} {lat['p50']:>7} {lat['p90']:>7} {lat['p99']:>7} "
             f"{lat['mean']:>7}  {cpu}"
         )
-    for base in ("relay", "direct"):
-        d = result["added"][f"over_{base}"]
+    for base in ("relay", "direct", "baseline"):
+        d = result["added"].get(f"over_{base}")
+        if d is None:
+            continue
         print(
             f"agent - {base:<6}: p50 {d['p50_us']:+.1f} µs, p99 {d['p99_us']:+.1f} µs, "
             f"mean {d['mean_us']:+.1f} µs; ratio p50 {d['ratio_p50']}, p99 {d['ratio_p99']}"
@@ -1260,6 +1315,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar=("INVOKE_PORT", "API_PORT", "COUNT"),
         help=argparse.SUPPRESS,
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also time an agent imported from DIR (holding kubelambda/agent, e.g. a copy of"
+        " the last commit's) as scenario 'baseline', in the same rounds",
+    )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run the agents and the relay on uvloop (not in the runtime images: to see what"
+        " it would give)",
+    )
     args = parser.parse_args(argv)
     if args.relay is None:
         for name in ("requests", "warmup", "rounds", "payload_bytes"):
@@ -1273,7 +1342,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.relay is not None:
-        return relay_main(*args.relay)
+        invoke_port, api_port, count = args.relay
+        return relay_main(invoke_port, api_port, count, args.uvloop)
     started = datetime.now(UTC)
     result: dict[str, Any] = {
         "benchmark": "agent_overhead",
@@ -1301,7 +1371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"\n--- {prof.stem} (cProfile, sorted by tottime) ---\n{text}")
                 result.setdefault("profiles", {})[prof.stem] = text
     seq = result["sequential"]["scenarios"]
-    result["added"] = {"over_relay": added(seq, "relay"), "over_direct": added(seq, "direct")}
+    bases = [base for base in ("relay", "direct", "baseline") if base in seq]
+    result["added"] = {f"over_{base}": added(seq, base) for base in bases}
     agent_rss = result["sequential"]["rss_mb"]["agent"]
     peak = max(
         [v.get("VmHWM", 0.0) for v in agent_rss.values()]

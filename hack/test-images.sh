@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Images only the e2e tests use (tests/e2e/images/): an awslambdaric image function and an
-# image layer, tagged kubelambda/e2e-*:$KUBELAMBDA_IMAGE_TAG so `make load-images` loads them.
+# Images only the e2e tests use: an awslambdaric image function (examples/image-awslambdaric/)
+# and an image layer (tests/e2e/images/layer/), tagged kubelambda/e2e-*:$KUBELAMBDA_IMAGE_TAG so
+# `make load-images` loads them.
 # awslambdaric comes from PyPI as a wheel installed on the host (cached), like the platform's
 # dependencies: nothing inside a build reaches the network.
 set -euo pipefail
@@ -20,7 +21,7 @@ if [[ ! -d "$site_packages" ]]; then
     --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 "awslambdaric==$AWSLAMBDARIC_VERSION"
   mv "$site_packages.tmp" "$site_packages"
 fi
-cp -r "$images/awslambdaric" "$context_root/awslambdaric"
+cp -r "$repo_root/examples/image-awslambdaric" "$context_root/awslambdaric"
 cp -r "$site_packages" "$context_root/awslambdaric/site-packages"
 docker_build -t "kubelambda/e2e-awslambdaric:$KUBELAMBDA_IMAGE_TAG" "$context_root/awslambdaric"
 docker_build -t "kubelambda/e2e-layer:$KUBELAMBDA_IMAGE_TAG" "$images/layer"

@@ -11,9 +11,8 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-from tests.e2e.kube import get
+from tests.e2e.kube import PLATFORM_NAMESPACE, get
 
-PLATFORM_NAMESPACE = "kubelambda-system"
 STORE = "kubelambda-store"
 
 

@@ -17,9 +17,9 @@ IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
 TOOLBOX_IMAGE = f"kubelambda/toolbox:{IMAGE_TAG}"
 
 
-PLATFORM_NAMESPACE = "kubelambda-system"
 # Tests that uninstall and reinstall the platform run after everything that relies on it.
-LAST_MODULES = ("test_install_lifecycle.py",)
+# The quickstart reinstalls the platform with its defaults; the lifecycle test uninstalls it.
+LAST_MODULES = ("test_quickstart.py", "test_install_lifecycle.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,7 +27,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: Path(str(item.fspath)).name in LAST_MODULES)
+    order = {name: rank for rank, name in enumerate(LAST_MODULES, start=1)}
+    items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, 0))
 
 
 @pytest.fixture(scope="session", autouse=True)

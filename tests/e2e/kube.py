@@ -10,9 +10,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import boto3
 import yaml
+from botocore.config import Config
 
 T = TypeVar("T")
+PLATFORM_NAMESPACE = "kubelambda-system"
 
 
 class KubectlError(RuntimeError):
@@ -121,3 +124,25 @@ def function_pod_url(function: str, namespace: str, version: str = "latest") -> 
 
     ip = wait_until(ready_pod_ip, 120, f"a ready pod of {namespace}/{function}")
     return f"http://{ip}:8080/2015-03-31/functions/{function}/invocations"
+
+
+def gateway_url() -> str:
+    service = get("service", "kubelambda-gateway", PLATFORM_NAMESPACE)
+    return f"http://{service['spec']['clusterIP']}:8080"
+
+
+def lambda_client(namespace: str, read_timeout: float = 60, connections: int = 16) -> Any:
+    """boto3's Lambda client on the gateway, for ``namespace``; no retries, so every answer
+    (429s included) reaches the test."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=f"{gateway_url()}/namespaces/{namespace}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(
+            retries={"max_attempts": 0},
+            read_timeout=read_timeout,
+            max_pool_connections=connections,
+        ),
+    )

@@ -20,13 +20,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from tests.e2e.conftest import PLATFORM_NAMESPACE
-from tests.e2e.kube import apply, get, kubectl, wait_until
-from tests.e2e.test_runtimes import await_function, function
+from tests.e2e.kube import PLATFORM_NAMESPACE, apply, get, kubectl, lambda_client, wait_until
+from tests.e2e.test_runtimes import await_function, function, is_ready
 
 EVENTS = 1000
 FLAKY = """
@@ -119,15 +116,7 @@ def sink() -> Iterator[RecordSink]:
 
 @pytest.fixture(scope="module")
 def lam(async_namespace: str) -> Any:
-    service = get("service", "kubelambda-gateway", PLATFORM_NAMESPACE)
-    return boto3.client(
-        "lambda",
-        endpoint_url=f"http://{service['spec']['clusterIP']}:8080/namespaces/{async_namespace}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 0}, read_timeout=60, max_pool_connections=16),
-    )
+    return lambda_client(async_namespace, read_timeout=60, connections=16)
 
 
 def flaky(name: str, **spec: Any) -> dict[str, Any]:
@@ -230,7 +219,8 @@ def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(
     # Fix the function (lift the cap), redrive: every event succeeds, the DLQ empties.
     manifest["spec"]["concurrency"] = {}
     apply(manifest, ns)
-    await_function(ns, "parked")
+    # No instance yet (the cap kept it at zero): the redriven events wake it.
+    wait_until(lambda: is_ready("function", "parked", ns), 60, "parked Ready")
 
     def succeeded() -> set[str]:
         return {

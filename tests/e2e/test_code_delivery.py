@@ -34,7 +34,7 @@ from tests.e2e.test_runtimes import (
 
 STATUS_TIMEOUT_S = 120
 GO_SOURCE = SOURCES / "go"
-AWSLAMBDARIC_IMAGE = "kubelambda/e2e-awslambdaric:dev"  # tests/e2e/images/awslambdaric
+AWSLAMBDARIC_IMAGE = "kubelambda/e2e-awslambdaric:dev"  # examples/image-awslambdaric
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import PLATFORM_NAMESPACE
-from tests.e2e.kube import apply, get, kubectl, wait_until
+from tests.e2e.kube import apply, get, kubectl, lambda_client, wait_until
 from tests.e2e.test_runtimes import await_function, function, is_ready
 
 CODE = """
@@ -74,18 +71,9 @@ def gateway_namespace() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def lam(gateway_namespace: str) -> Any:
-    service = get("service", "kubelambda-gateway", PLATFORM_NAMESPACE)
-    endpoint = f"http://{service['spec']['clusterIP']}:8080/namespaces/{gateway_namespace}"
     for name in ("echo", "capped", "split"):
         await_function(gateway_namespace, name)
-    return boto3.client(
-        "lambda",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 0}, read_timeout=60, max_pool_connections=32),
-    )
+    return lambda_client(gateway_namespace, read_timeout=60, connections=32)
 
 
 def payload(response: dict[str, Any]) -> Any:

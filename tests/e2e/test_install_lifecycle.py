@@ -10,8 +10,16 @@ import json
 import secrets
 import subprocess
 
-from tests.e2e.conftest import PLATFORM_NAMESPACE, REPO_ROOT
-from tests.e2e.kube import KubectlError, apply, get, kubectl, wait_for_condition, wait_until
+from tests.e2e.conftest import REPO_ROOT
+from tests.e2e.kube import (
+    PLATFORM_NAMESPACE,
+    KubectlError,
+    apply,
+    get,
+    kubectl,
+    wait_for_condition,
+    wait_until,
+)
 from tests.e2e.test_operator import function
 
 BUNDLE = str(REPO_ROOT / "deploy" / "kubelambda.yaml")

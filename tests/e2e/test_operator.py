@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import PLATFORM_NAMESPACE, REPO_ROOT
+from tests.e2e.conftest import REPO_ROOT
 from tests.e2e.kube import (
+    PLATFORM_NAMESPACE,
     apply,
     condition_status,
     function_pod_url,

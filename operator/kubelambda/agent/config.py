@@ -22,6 +22,16 @@ class ConfigError(ValueError):
     """The agent cannot start with this environment."""
 
 
+@dataclass(frozen=True)
+class Announcement:
+    url: str
+    """The autoscaler's base URL (http://host:port)."""
+    token: str
+    """Proves the pod's function identity (an HMAC the operator computed)."""
+    namespace: str
+    pod_ip: str
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     function_name: str
@@ -47,6 +57,8 @@ class AgentConfig:
     """SIGKILL a runtime whose RSS exceeds ``memory_mb`` (the container limit is larger)."""
     proc_root: str = "/proc"
     """External mode: where the runtime's processes are looked up (a test injects its own)."""
+    announce: Announcement | None = None
+    """Whom to tell that this instance is ready, before the kubelet's probe does."""
 
     @property
     def external(self) -> bool:
@@ -279,4 +291,16 @@ def load_config(environ: Mapping[str, str]) -> AgentConfig:
         bootstrap_candidates=candidates,
         enforce_memory=_flag(environ, "KUBELAMBDA_ENFORCE_MEMORY", True),
         proc_root=environ.get("KUBELAMBDA_PROC_ROOT") or "/proc",
+        announce=_announcement(environ),
     )
+
+
+def _announcement(environ: Mapping[str, str]) -> Announcement | None:
+    names = ("KUBELAMBDA_ANNOUNCE_URL", "KUBELAMBDA_ANNOUNCE_TOKEN", "KUBELAMBDA_NAMESPACE")
+    url, token, namespace = (environ.get(name, "") for name in names)
+    pod_ip = environ.get("KUBELAMBDA_POD_IP", "")
+    if not (url and token and namespace and pod_ip):
+        return None
+    if not url.startswith("http://"):
+        raise ConfigError(f"KUBELAMBDA_ANNOUNCE_URL must be an http:// URL, got {url!r}")
+    return Announcement(url.rstrip("/"), token, namespace, pod_ip)

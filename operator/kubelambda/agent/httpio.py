@@ -16,7 +16,7 @@ import asyncio
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 HEAD_LIMIT = 64 * 1024
 # Bodies above the handler's limit are still read (and dropped) so the client gets a clean
@@ -146,8 +146,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

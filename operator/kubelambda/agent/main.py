@@ -8,7 +8,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from kubelambda.agent.config import AgentConfig, ConfigError, load_config
+from kubelambda.agent.announce import announce
+from kubelambda.agent.config import AgentConfig, Announcement, ConfigError, load_config
 from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from kubelambda.agent.external import ExternalSlot
 from kubelambda.agent.httpio import serve as serve_http
@@ -21,6 +22,7 @@ TICK_S = 0.25  # held log lines, peak-RSS sampling of running invocations (OOM e
 TERM_GRACE_S = 1.0  # SIGTERM -> SIGKILL for runtimes at shutdown
 FLUSH_LIMIT_S = 5.0  # at shutdown, for answers still being written to slow clients
 _POLL_S = 0.02
+SETTLE_POLL_S = 0.002  # a cold start waits on this poll: keep it short (startup only)
 
 
 async def _tick(slots: list[RuntimeSlot]) -> None:
@@ -30,11 +32,22 @@ async def _tick(slots: list[RuntimeSlot]) -> None:
             slot.tick()
 
 
-async def _wait_until(condition: Callable[[], bool], limit_s: float) -> None:
+async def _wait_until(
+    condition: Callable[[], bool], limit_s: float, poll_s: float = _POLL_S
+) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + limit_s
     while not condition() and loop.time() < end:
-        await asyncio.sleep(_POLL_S)
+        await asyncio.sleep(poll_s)
+
+
+async def _announce_when_settled(
+    config: AgentConfig, announcement: Announcement, slots: list[RuntimeSlot]
+) -> None:
+    """Once every runtime has initialised (or failed to: invocations then get the init error,
+    as on Lambda), tell the autoscaler this instance serves."""
+    await _wait_until(lambda: all(slot.settled for slot in slots), float("inf"), SETTLE_POLL_S)
+    await announce(config, announcement)
 
 
 async def _stop_runtimes(slots: list[RuntimeSlot]) -> None:
@@ -65,6 +78,9 @@ async def serve(config: AgentConfig) -> None:
     for slot in slots:  # only once every port is bound: a bind failure leaves no orphans
         slot.spawn()
     ticker = asyncio.create_task(_tick(slots))
+    announcing = None
+    if config.announce is not None:
+        announcing = asyncio.create_task(_announce_when_settled(config, config.announce, slots))
     print(
         f"kubelambda-agent: {config.function_name}:{config.version} ({config.runtime}), "
         f"{config.concurrency} runtime(s), invoke port {config.invoke_port}",
@@ -80,6 +96,8 @@ async def serve(config: AgentConfig) -> None:
     await _wait_until(lambda: endpoint.active == 0, float("inf"))
     await _wait_until(lambda: server.flushed, FLUSH_LIMIT_S)
     ticker.cancel()
+    if announcing is not None:
+        announcing.cancel()
     await _stop_runtimes(slots)
     for api_server in api_servers:
         api_server.close()

@@ -18,6 +18,7 @@ cap; the container limit still bounds it.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -54,6 +55,7 @@ class Invocation:
     __slots__ = (
         "client_context",
         "cognito_identity",
+        "deadline",
         "deadline_ms",
         "event",
         "invoked_arn",
@@ -62,7 +64,6 @@ class Invocation:
         "responder",
         "started",
         "tail",
-        "timer",
         "trace_id",
     )
 
@@ -92,7 +93,8 @@ class Invocation:
         """The invoke endpoint's connection, answered by ``on_complete(inv, body, error)``."""
         self.on_complete = on_complete
         self.started = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf
+        """Loop time at which the invocation times out (see ``RuntimeSlot._set_deadline``)."""
 
     def next_response(self) -> Response:
         """The Runtime API's answer to GET /runtime/invocation/next."""
@@ -141,6 +143,8 @@ class RuntimeSlot:
         self._enforce = config.enforce_memory
         self._sample_s: float | None = SAMPLE_S if config.enforce_memory else None
         self._sampler: asyncio.TimerHandle | None = None
+        # Fires at or before the current invocation's deadline; see _set_deadline.
+        self._timer: asyncio.TimerHandle | None = None
         self._waiter: Connection | None = None  # a runtime blocked in GET /next
         self._delivered = False
         self._stopping = False
@@ -346,7 +350,7 @@ class RuntimeSlot:
         except OSError:
             data = b""
         if data:
-            self._consume(data)
+            self._consume(data, self.current)
         else:
             self._loop.remove_reader(self._fd)
 
@@ -362,16 +366,16 @@ class RuntimeSlot:
             logs.write_stdout(self._held)
             self._held = b""
 
-    def _consume(self, data: bytes) -> None:
+    def _consume(self, data: bytes, inv: Invocation | None) -> None:
+        """Runtime output, belonging to ``inv`` (for its log result)."""
         self.flush_log()
-        inv = self.current
         if inv is not None and inv.tail is not None:
             inv.tail += data
             if len(inv.tail) > 2 * logs.TAIL_BYTES:
                 del inv.tail[: -logs.TAIL_BYTES]
         self._echo.feed(data)
 
-    def _drain_output(self) -> None:
+    def _drain_output(self, inv: Invocation | None = None) -> None:
         """Take what the runtime wrote before its last Runtime API call, in order."""
         while self._fd >= 0:
             try:
@@ -380,7 +384,7 @@ class RuntimeSlot:
                 return
             if not data:
                 return
-            self._consume(data)
+            self._consume(data, inv)
 
     def _close_output(self, proc: subprocess.Popen[bytes]) -> None:
         self._drain_output()
@@ -397,15 +401,14 @@ class RuntimeSlot:
         self.current = inv
         self._delivered = False
         if inv.deadline_ms is not None:
-            self._arm(inv, inv.deadline_ms / 1000 - time.time())
+            self._set_deadline(inv, inv.deadline_ms / 1000 - time.time())
         waiter = self._waiter
         if waiter is not None and not waiter.abandoned:
             self._waiter = None
-            self._deliver(inv)
-            waiter.respond(inv.next_response())
+            self._deliver(inv, waiter)
             return
         if inv.deadline_ms is None:
-            self._arm(inv, self._config.timeout_s + INIT_GRACE_S)
+            self._set_deadline(inv, self._config.timeout_s + INIT_GRACE_S)
         self._await_runtime()
 
     def _await_runtime(self) -> None:
@@ -413,19 +416,39 @@ class RuntimeSlot:
         if self._proc is None and not self._stopping:
             self.spawn()
 
-    def _arm(self, inv: Invocation, delay: float) -> None:
-        if inv.timer is not None:
-            inv.timer.cancel()
-        inv.timer = self._loop.call_later(max(delay, 0.0), self._on_timeout, inv)
+    def _set_deadline(self, inv: Invocation, delay: float) -> None:
+        """Time the invocation out after ``delay`` seconds. One timer per slot, not one per
+        invocation: it is left running when an invocation completes, and when it fires early
+        (for an invocation since completed) it moves on to the current one's deadline. A fast
+        invocation then costs no timer at all."""
+        inv.deadline = self._loop.time() + max(delay, 0.0)
+        timer = self._timer
+        if timer is None or timer.when() > inv.deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(inv.deadline, self._on_deadline)
 
-    def _deliver(self, inv: Invocation) -> None:
+    def _on_deadline(self) -> None:
+        self._timer = None
+        inv = self.current
+        if inv is None:
+            return
+        if inv.deadline > self._loop.time():
+            self._timer = self._loop.call_at(inv.deadline, self._on_deadline)
+            return
+        self._on_timeout(inv)
+
+    def _deliver(self, inv: Invocation, runtime: Connection) -> None:
+        """Answer the runtime's /next with the invocation; the bookkeeping that the runtime
+        does not need comes after the answer."""
         if inv.deadline_ms is None:
             inv.deadline_ms = int((time.time() + self._config.timeout_s) * 1000)
-            self._arm(inv, self._config.timeout_s)
+            self._set_deadline(inv, self._config.timeout_s)
         self._delivered = True
+        runtime.respond(inv.next_response())
+        inv.started = time.perf_counter()
         self._peak_kb = self._idle_kb
         self._sample_soon()
-        inv.started = time.perf_counter()
         self._log(inv, logs.start_line(inv.request_id, self._config.version), hold=True)
 
     def next_invocation(self, runtime: Connection) -> None:
@@ -438,8 +461,7 @@ class RuntimeSlot:
                 self._idle_kb = self._memory.peak_kb()
         inv = self.current
         if inv is not None and not self._delivered:
-            self._deliver(inv)
-            runtime.respond(inv.next_response())
+            self._deliver(inv, runtime)
             return
         if self._waiter is not None and self._waiter is not runtime:
             self._waiter.close()  # a newer /next supersedes an abandoned one
@@ -455,23 +477,23 @@ class RuntimeSlot:
             return None
         return inv
 
-    def post_response(self, request_id: str, request: Request) -> Response:
+    def post_response(self, request_id: str, request: Request, runtime: Connection) -> None:
+        """POST /response; answers the runtime itself (see ``_finish``)."""
         inv = self._running(request_id)
         if inv is None:
-            return _INVALID_ID
-        if request.too_large:
+            runtime.respond(_INVALID_ID)
+        elif request.too_large:
             status = "Status: error\tError Type: Function.ResponseSizeTooLarge"
-            self._finish(inv, errors.RESPONSE_TOO_LARGE, True, status)
-            return _TOO_LARGE
-        self._finish(inv, request.body, False)
-        return _ACCEPTED
+            self._finish(inv, errors.RESPONSE_TOO_LARGE, True, status, ack=(runtime, _TOO_LARGE))
+        else:
+            self._finish(inv, request.body, False, ack=(runtime, _ACCEPTED))
 
-    def post_error(self, request_id: str, request: Request) -> Response:
+    def post_error(self, request_id: str, request: Request, runtime: Connection) -> None:
         inv = self._running(request_id)
         if inv is None:
-            return _INVALID_ID
-        self._finish(inv, _error_body(request), True)
-        return _ACCEPTED
+            runtime.respond(_INVALID_ID)
+        else:
+            self._finish(inv, _error_body(request), True, ack=(runtime, _ACCEPTED))
 
     def post_init_error(self, request: Request) -> Response:
         if self._initialized:
@@ -534,24 +556,41 @@ class RuntimeSlot:
         function_error: bool,
         status: str | None = None,
         peak_kb: int | None = None,
+        *,
+        ack: tuple[Connection, Response] | None = None,
     ) -> None:
-        """Complete the current invocation and free the slot."""
-        if inv.timer is not None:
-            inv.timer.cancel()
+        """Complete the current invocation and free the slot; ``ack`` is the runtime's
+        request that completed it, and its answer."""
         self._start_late(inv)
         self.current = None
         self._delivered = False
-        self._drain_output()
-        self._echo.flush()
         duration_ms = (time.perf_counter() - inv.started) * 1000
         init_ms, self._init_ms = self._init_ms, None
-        if inv.tail is None:
-            # Answer first: the /proc reads and log lines are not on the caller's path.
+        if inv.tail is not None:  # the log result holds the output and END/REPORT
+            self._wrap_up(inv, duration_ms, init_ms, status, peak_kb)
             inv.on_complete(inv, body, function_error)
-            self._report(inv, duration_ms, init_ms, status, peak_kb)
-        else:
-            self._report(inv, duration_ms, init_ms, status, peak_kb)
-            inv.on_complete(inv, body, function_error)
+            if ack is not None:
+                ack[0].respond(ack[1])
+            return
+        # Answer first, the caller and then the runtime (so that it asks for the next
+        # event): the output, /proc reads and log lines are on neither's path.
+        inv.on_complete(inv, body, function_error)
+        if ack is not None:
+            ack[0].respond(ack[1])
+        self._wrap_up(inv, duration_ms, init_ms, status, peak_kb)
+
+    def _wrap_up(
+        self,
+        inv: Invocation,
+        duration_ms: float,
+        init_ms: float | None,
+        status: str | None,
+        peak_kb: int | None,
+    ) -> None:
+        """The invocation's last output, then its END and REPORT lines."""
+        self._drain_output(inv)
+        self._echo.flush()
+        self._report(inv, duration_ms, init_ms, status, peak_kb)
 
     def _report(
         self,

@@ -25,7 +25,8 @@ class RuntimeApi:
             conn.respond(response)
 
     def _route(self, request: Request, conn: Connection) -> Response | None:
-        """The immediate answer, or None when /next holds the request for an invocation."""
+        """The immediate answer, or None when the slot answers (/next holds the request for
+        an invocation; /response and /error are answered after the invoke request)."""
         target = request.target
         if not target.startswith(PREFIX):
             return _NOT_FOUND
@@ -47,5 +48,7 @@ class RuntimeApi:
         if request.method != "POST":
             return _NOT_ALLOWED
         if action == "response":
-            return self._slot.post_response(request_id, request)
-        return self._slot.post_error(request_id, request)
+            self._slot.post_response(request_id, request, conn)
+        else:
+            self._slot.post_error(request_id, request, conn)
+        return None

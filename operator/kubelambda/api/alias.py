@@ -37,6 +37,11 @@ ROUTING_DIFFERENT = CelRule(
     rule="!has(self.routing) || self.routing.additionalVersion != self.version",
     message="routing.additionalVersion must differ from version",
 )
+# provisionedConcurrency has a default, applied before validation: no has() needed.
+PROVISIONED_NEEDS_PUBLISHED = CelRule(
+    rule="self.provisionedConcurrency == 0 || self.version != '$LATEST'",
+    message="provisionedConcurrency requires version to be a published version, not $LATEST",
+)
 
 
 def _not_a_version(name: str) -> str:
@@ -69,7 +74,9 @@ class AliasSpec(ApiModel):
     """Desired state of an Alias."""
 
     model_config = ConfigDict(
-        json_schema_extra=cel_rules(ROUTING_NEEDS_PUBLISHED, ROUTING_DIFFERENT)
+        json_schema_extra=cel_rules(
+            ROUTING_NEEDS_PUBLISHED, ROUTING_DIFFERENT, PROVISIONED_NEEDS_PUBLISHED
+        )
     )
 
     function: ObjectName
@@ -80,6 +87,10 @@ class AliasSpec(ApiModel):
     """Version the alias points to: $LATEST or a published version number."""
     routing: AliasRouting | None = None
     """Optional traffic split with a second version."""
+    provisioned_concurrency: int = Field(default=0, ge=0, le=10000)
+    """Concurrent invocations kept initialized (warm) for this alias, split between its
+    versions by weight; counted against the function's reserved concurrency. Published
+    versions only (as on Lambda)."""
     description: Description | None = None
     """Free text."""
 
@@ -88,6 +99,10 @@ class AliasSpec(ApiModel):
         if self.routing is not None:
             require(self.version != "$LATEST", ROUTING_NEEDS_PUBLISHED)
             require(self.routing.additional_version != self.version, ROUTING_DIFFERENT)
+        require(
+            self.provisioned_concurrency == 0 or self.version != "$LATEST",
+            PROVISIONED_NEEDS_PUBLISHED,
+        )
         return self
 
 

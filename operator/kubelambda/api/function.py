@@ -28,6 +28,12 @@ from kubelambda.api.base import (
 )
 from kubelambda.api.cel import CelRule, cel_rules, cel_string_list, count_set, require
 from kubelambda.api.code import SHA256_PATTERN, CodeSource, HttpUrl
+from kubelambda.api.schedule import (
+    MAX_SCHEDULES,
+    SCHEDULES_LIST,
+    Schedule,
+    check_unique_names,
+)
 
 MAX_LAYERS = 5
 MAX_ENV_BYTES = 4096
@@ -239,9 +245,11 @@ class Scaling(ApiModel):
     max_instances: int | None = Field(default=None, ge=1)
     """Upper bound on instances; unbounded when unset."""
     idle_seconds: int = Field(default=60, ge=0, le=86400)
-    """Seconds without invocations before scaling to minInstances (zero by default)."""
+    """Scale-down window: instances above what demand needed during the last idleSeconds are
+    removed; after idleSeconds without any invocation only the last instance stays."""
     linger_seconds: int = Field(default=0, ge=0, le=3600)
-    """Seconds demand must stay lower before surplus instances above it are removed."""
+    """How long the last instance lingers after the idle period before the function scales
+    to minInstances (zero by default)."""
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Self:
@@ -315,6 +323,12 @@ class FunctionSpec(ApiModel):
     """Instance counts and idle timeouts."""
     async_config: AsyncConfig = Field(default=AsyncConfig(), alias="async")
     """Asynchronous invocation settings."""
+    schedules: Annotated[
+        tuple[Schedule, ...],
+        Field(max_length=MAX_SCHEDULES, json_schema_extra=SCHEDULES_LIST),
+        AfterValidator(check_unique_names),
+    ] = ()
+    """Scheduled triggers (rate or cron, UTC), each queueing an Event invocation when due."""
     publish: bool = False
     """Publish a new immutable numbered version on every change of code or configuration."""
     description: Description | None = None

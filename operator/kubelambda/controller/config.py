@@ -27,11 +27,16 @@ class OperatorConfig:
     watch_namespaces: tuple[str, ...] = ()
     """Namespaces to reconcile; empty means all."""
     health_port: int = 8081
+    autoscaler_port: int = 8082
+    """Where gateways report demand and ask for wake-ups."""
+    autoscaler_url: str = ""
+    """The autoscaler as function pods reach it (they announce themselves ready there)."""
     log_level: str = "info"
     store_url: str = ""
     """Base URL of the code store, as function pods reach it; empty: zip code needs a url."""
     store_signing_key: str = ""
-    """Key of the per-blob read tokens the store accepts (shared with it through a Secret)."""
+    """Key of the per-blob read tokens the store accepts (shared with it through a Secret),
+    and of the tokens function pods announce themselves ready with."""
 
     @property
     def agent_image(self) -> str:
@@ -50,6 +55,8 @@ class OperatorConfig:
             region=env.get("KUBELAMBDA_REGION", "us-east-1"),
             watch_namespaces=namespaces,
             health_port=int(env.get("KUBELAMBDA_HEALTH_PORT", "8081")),
+            autoscaler_port=int(env.get("KUBELAMBDA_AUTOSCALER_PORT", "8082")),
+            autoscaler_url=env.get("KUBELAMBDA_AUTOSCALER_URL", "").rstrip("/"),
             log_level=env.get("KUBELAMBDA_LOG_LEVEL", "info"),
             store_url=env.get("KUBELAMBDA_STORE_URL", "").rstrip("/"),
             store_signing_key=env.get("KUBELAMBDA_STORE_SIGNING_KEY", ""),

@@ -7,6 +7,7 @@ published versions), so a reconcile interrupted anywhere is finished by the next
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from kubelambda.resources.function import (
     snapshot_sha256,
     version_revision,
     version_snapshot,
+    version_spec,
 )
 from kubelambda.resources.names import (
     FUNCTION_LABEL,
@@ -70,17 +72,24 @@ class NotReadyYet(Exception):
         self.reason = reason
 
 
-def aliased_versions(namespace: str, function: str) -> set[str]:
-    """Published versions that some Alias of ``function`` points to (their pods must stay)."""
-    versions: set[str] = set()
+def aliased_versions(namespace: str, function: str) -> dict[str, int]:
+    """Published versions that some Alias of ``function`` points to (their pods must stay),
+    with the concurrency the aliases provision on each (split by routing weight)."""
+    versions: dict[str, int] = {}
     for alias in kube.list_objects(kube.GROUP_VERSION, "Alias", namespace, {}):
         spec = alias.get("spec") or {}
-        if spec.get("function") == function:
-            versions.add(str(spec.get("version")))
-            additional = (spec.get("routing") or {}).get("additionalVersion")
-            if additional:
-                versions.add(str(additional))
-    versions.discard(LATEST)
+        if spec.get("function") != function:
+            continue
+        provisioned = int(spec.get("provisionedConcurrency") or 0)
+        routing = spec.get("routing") or {}
+        additional = routing.get("additionalVersion")
+        weight = float(routing.get("weight") or 0.0) if additional else 0.0
+        extra = math.ceil(provisioned * weight)
+        version = str(spec.get("version"))
+        versions[version] = versions.get(version, 0) + provisioned - extra
+        if additional:
+            versions[str(additional)] = versions.get(str(additional), 0) + extra
+    versions.pop(LATEST, None)
     return versions
 
 
@@ -119,10 +128,11 @@ class FunctionReconcile:
         try:
             self.publish_if_changed(spec)
             latest = self.deploy(LATEST, spec)
-            wanted = aliased_versions(self.namespace, self.name) & {str(v) for v in self.versions}
+            aliased = aliased_versions(self.namespace, self.name)
+            wanted = {v: n for v, n in aliased.items() if v.isdigit() and int(v) in self.versions}
             for version in sorted(wanted, key=int):
-                version_spec = FunctionSpec.model_validate(self.versions[int(version)]["data"])
-                self.deploy(version, version_spec)
+                frozen = version_spec(spec, self.versions[int(version)]["data"])
+                self.deploy(version, frozen, wanted[version])
             self.remove_unused_workloads({LATEST, *wanted})
             remove_unused_code(self.namespace, self.name)
         except NotReadyYet as problem:
@@ -187,8 +197,14 @@ class FunctionReconcile:
                 raise NotReadyYet(problem.reason, str(problem)) from None
         return layers
 
-    def deploy(self, version: str, spec: FunctionSpec) -> dict[str, Any]:
-        """Apply the Deployment and Service of one version; returns the Deployment as applied."""
+    def deploy(self, version: str, spec: FunctionSpec, provisioned: int = 0) -> dict[str, Any]:
+        """Apply the Deployment and Service of one version; returns the Deployment as applied.
+
+        Replicas belong to the autoscaler once the Deployment exists: the apply repeats the
+        current count (so it never resets it); a new Deployment starts with one instance or
+        its minimum, and scales to zero when left idle."""
+        name = workload_name(self.name, version)
+        existing = kube.get("apps/v1", "Deployment", name, self.namespace)
         runtime_image = self.config.runtime_images[spec.runtime.value] if spec.runtime else ""
         workload = Workload(
             function=self.name,
@@ -197,11 +213,15 @@ class FunctionReconcile:
             image=spec.code.image or runtime_image,
             function_arn=function_arn(self.config.region, self.name),
             owner=self.body,
-            replicas=max(1, spec.scaling.min_instances),
+            replicas=int(existing["spec"].get("replicas") or 0) if existing else None,
             code=self.ensure_code(spec),
             layers=self.resolve_layers(spec),
             region=self.config.region,
             agent_image=self.config.agent_image,
+            provisioned_concurrency=provisioned,
+            namespace=self.namespace,
+            announce_url=self.config.autoscaler_url,
+            signing_key=self.config.store_signing_key,
         )
         deployment = kube.apply(function_deployment(workload), self.namespace)
         kube.apply(function_service(self.name, version, self.body), self.namespace)

@@ -10,6 +10,7 @@ import kopf
 
 from kubelambda.controller import kube
 from kubelambda.controller.aliases import update_alias_status
+from kubelambda.controller.autoscaling import observe_deployment
 from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.functions import (
     NotReadyYet,
@@ -114,6 +115,12 @@ def latest_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
             _reconcile_by_name(namespace, name)
         except kopf.TemporaryError:
             refresh_readiness(namespace, name, None)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={FUNCTION_LABEL: kopf.PRESENT})
+async def function_deployment_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """Feed the autoscaler (async: it runs in the event loop, next to the autoscaler)."""
+    observe_deployment(event["type"] or "", event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels={FUNCTION_LABEL: kopf.PRESENT})

@@ -106,6 +106,25 @@ def apply_status(
             raise
 
 
+def scale(name: str, namespace: str, replicas: int, field_manager: str) -> bool:
+    """Set a Deployment's replicas through its scale subresource; False if it is gone."""
+    resource = _resource("apps/v1", "Deployment")
+    try:
+        dynamic().patch(
+            resource.subresources["scale"],
+            body={"spec": {"replicas": replicas}},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            field_manager=field_manager,
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
 def patch_status(kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource of a kubelambda object."""
     resource = _resource(GROUP_VERSION, kind)

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from kubelambda.controller import handlers  # noqa: F401  (importing registers the handlers)
+from kubelambda.controller.autoscaling import serve_autoscaler
 from kubelambda.controller.config import OperatorConfig
 
 PREFIX = "kubelambda.io"
@@ -41,8 +42,16 @@ def main() -> None:
     logging.getLogger().setLevel(config.log_level.upper())
     # One line per liveness probe is noise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(
-        kopf.operator(
+    asyncio.run(run(config))
+
+
+async def run(config: OperatorConfig) -> None:
+    """kopf and the autoscaler in one event loop; the autoscaler stops with kopf."""
+    autoscaler = asyncio.create_task(
+        serve_autoscaler(config.autoscaler_port, config.store_signing_key)
+    )
+    try:
+        await kopf.operator(
             clusterwide=not config.watch_namespaces,
             namespaces=list(config.watch_namespaces),
             liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
@@ -50,7 +59,8 @@ def main() -> None:
             # kopf would derive this from the user name, which a bare UID (10001) lacks.
             identity=f"kubelambda-operator@{socket.gethostname()}",  # type: ignore[arg-type]
         )
-    )
+    finally:
+        autoscaler.cancel()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ replicas the counts must be shared (a later phase); ``LocalCounter`` counts this
 function's per-instance concurrency (the least loaded one). When every pod is busy, or none is
 ready yet (scaling from zero), the invocation waits in a bounded FIFO per version until a slot
 frees, a pod appears, or its wait limit passes. A freed slot goes straight to the first waiter,
-so late arrivals cannot overtake. ``in_flight()`` is what the autoscaler will be fed.
+so late arrivals cannot overtake. ``take_demand()`` is what the autoscaler is fed: the peak of
+running plus waiting invocations per version since the last call.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class Dispatcher:
         self._endpoints = endpoints
         self._queue_length = queue_length
         self._pools: dict[VersionKey, _Pool] = {}
+        self._peaks: dict[VersionKey, int] = {}
+        # Called when an invocation starts waiting (no free slot): demand outgrew the pods.
+        self.on_waiting: Callable[[VersionKey], None] = lambda key: None
 
     def in_flight(self) -> dict[VersionKey, int]:
         """Invocations running now, per function version (with at least one)."""
@@ -101,6 +105,25 @@ class Dispatcher:
     def queued(self) -> dict[VersionKey, int]:
         """Invocations waiting for a pod, per function version (with at least one)."""
         return {key: len(pool.waiters) for key, pool in self._pools.items() if pool.waiters}
+
+    def take_demand(self) -> dict[VersionKey, int]:
+        """Peak of running plus waiting invocations per version since the last call (versions
+        with none are left out); the peaks restart from the current counts."""
+        peaks = self._peaks
+        self._peaks = {
+            key: pool.total + len(pool.waiters)
+            for key, pool in self._pools.items()
+            if pool.total or pool.waiters
+        }
+        for key, demand in self._peaks.items():
+            if demand > peaks.get(key, 0):
+                peaks[key] = demand
+        return peaks
+
+    def _note_demand(self, key: VersionKey, pool: _Pool) -> None:
+        demand = pool.total + len(pool.waiters)
+        if demand > self._peaks.get(key, 0):
+            self._peaks[key] = demand
 
     def _pick(
         self, pool: _Pool, key: VersionKey, per_instance: int, exclude: set[Address]
@@ -116,6 +139,7 @@ class Dispatcher:
         if best is not None:
             in_flight[best] = best_count + 1
             pool.total += 1
+            self._note_demand(key, pool)
         return best
 
     def try_acquire(
@@ -139,6 +163,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), per_instance, exclude)
         pool.waiters.append(waiter)
+        self._note_demand(key, pool)
+        self.on_waiting(key)
         timer = loop.call_later(limit_s, _expire, waiter.future)
         try:
             return await waiter.future
@@ -180,10 +206,12 @@ class Dispatcher:
             if waiter.future.done():  # expired or cancelled, not yet removed
                 pool.waiters.popleft()
                 continue
+            # Off the queue before it takes the slot, so it is not counted twice as demand.
+            pool.waiters.popleft()
             address = self._pick(pool, key, waiter.per_instance, waiter.exclude)
             if address is None:
+                pool.waiters.appendleft(waiter)
                 return
-            pool.waiters.popleft()
             waiter.future.set_result(address)
 
 

@@ -25,6 +25,7 @@ class GatewayConfig:
     max_connections: int = 10000
     drain_delay_s: float = 0.0
     kubeconfig: str | None = None
+    autoscaler_url: str | None = None  # the operator's autoscaler; None: no demand reports
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -69,4 +70,5 @@ def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> Gatewa
         max_connections=_int(env, prefix + "MAX_CONNECTIONS", 10000, 1),
         drain_delay_s=_float(env, prefix + "DRAIN_DELAY_SECONDS", 0.0),
         kubeconfig=kubeconfig or env.get("KUBECONFIG") or None,
+        autoscaler_url=env.get("KUBELAMBDA_AUTOSCALER_URL") or None,
     )

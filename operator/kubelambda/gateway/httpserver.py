@@ -4,11 +4,14 @@ Each connection parses requests as they arrive and answers them strictly in orde
 safe): a handler returns a ``Response`` at once (health checks, most errors: no task at all)
 or a coroutine, which runs as one task while later pipelined requests wait in a short queue
 (reading pauses when it is full). Keep-alive, Content-Length and chunked request bodies,
-``Expect: 100-continue``. A body above ``max_body`` is read and dropped and the handler sees
-``too_large``, so the client still gets a clean answer on a kept-alive connection; beyond
-``DISCARD_CAP`` the connection is closed. Header names are lower-cased bytes; a repeated header's
-values are comma-joined (as API Gateway passes them on), and kept one by one in ``repeated``
-only when a name does repeat (payload format 1.0 lists them; most requests never pay for it).
+``Expect: 100-continue``; a client that half-closes still gets its answers, HEAD answers carry
+no body, and ``Upgrade``/CONNECT is answered as a plain request, then the connection closes
+(no other protocol is spoken here). A body above ``max_body`` is read and dropped and the
+handler sees ``too_large``, so the client still gets a clean answer on a kept-alive
+connection; beyond ``DISCARD_CAP`` the connection is closed. Header names are lower-cased
+bytes; a repeated header's values are comma-joined (as API Gateway passes them on), and kept
+one by one in ``repeated`` only when a name does repeat (payload format 1.0 lists them; most
+requests never pay for it).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ _BODY_TOO_LARGE = json_response(413, b'{"message":"Request Entity Too Large"}')
 _INTERNAL = json_response(500, b'{"message":"Internal Server Error"}')
 
 
-def encode_response(response: Response, keep_alive: bool) -> bytes:
+def encode_response(response: Response, keep_alive: bool, send_body: bool = True) -> bytes:
+    """``send_body`` False for a HEAD request: the GET answer's head (its Content-Length too),
+    without the body, which the client would otherwise read as the next response."""
     status, headers, body = response
     # 204 carries no body and, per RFC 9110, no Content-Length.
     length = b"" if status == 204 else b"Content-Length: %d\r\n" % len(body)
@@ -59,7 +64,7 @@ def encode_response(response: Response, keep_alive: bool) -> bytes:
         headers,
         length,
         b"" if keep_alive else b"Connection: close\r\n",
-        body,
+        body if send_body else b"",
     )
 
 
@@ -146,6 +151,7 @@ class ServerConnection(asyncio.Protocol):
         self._handling = False
         self._paused = False
         self._url = b""
+        self._head_request = False  # the message being parsed is a HEAD
         self._headers: dict[bytes, bytes] = {}
         self._repeated: dict[bytes, list[bytes]] | None = None
         self._peer = ""
@@ -153,6 +159,7 @@ class ServerConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._request: Request | None = None
+        self._input_ended = False  # the client half-closed, or asked to switch protocols
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -170,6 +177,12 @@ class ServerConnection(asyncio.Protocol):
         self._transport = None
         self._state.connections.discard(self)
 
+    def eof_received(self) -> bool:
+        """The client half-closed (it sends nothing more but still reads): answer what it
+        already asked, then close; keep the transport open for that if there is anything."""
+        self._input_ended = True
+        return bool(self._handling or self._queue)
+
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
@@ -177,7 +190,9 @@ class ServerConnection(asyncio.Protocol):
             self._fail(
                 _HEAD_TOO_LARGE if isinstance(exc.__context__, _HeadTooLarge) else _BODY_TOO_LARGE
             )
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        except httptools.HttpParserUpgrade:
+            self._refuse_upgrade()
+        except httptools.HttpParserError:
             self._fail(_BAD_REQUEST)
         self._process()
 
@@ -185,6 +200,7 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
+        self._head_request = False
         self._headers = {}
         self._repeated = None
         self._head_size = 0
@@ -193,6 +209,7 @@ class ServerConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_request = self._parser.get_method() == b"HEAD"
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -253,7 +270,21 @@ class ServerConnection(asyncio.Protocol):
 
     def _fail(self, response: Response) -> None:
         """A malformed request: answered after those before it, then the connection closes."""
+        if self._head_request:  # the method was read before what broke: no body either
+            response = response._replace(body=b"")
         self._queue.append(response)
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def _refuse_upgrade(self) -> None:
+        """CONNECT or ``Upgrade``: what follows the request is another protocol, which is not
+        spoken here. The request itself is answered as any other, then the connection closes
+        (nothing after it can be parsed as HTTP/1.1)."""
+        if not self._queue:  # the parser stopped before the request was complete
+            self._fail(_BAD_REQUEST)
+            return
+        self._input_ended = True
         if self._transport is not None and not self._paused:
             self._transport.pause_reading()
             self._paused = True
@@ -277,7 +308,12 @@ class ServerConnection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(self._finish(item, result))
             self._state.tasks.add(task)
             task.add_done_callback(self._state.tasks.discard)
-        if self._paused and self._transport is not None and len(self._queue) < PIPELINE_LIMIT:
+        if (
+            self._paused
+            and self._transport is not None
+            and len(self._queue) < PIPELINE_LIMIT
+            and not self._input_ended
+        ):
             self._paused = False
             self._transport.resume_reading()
 
@@ -295,8 +331,9 @@ class ServerConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return  # the client went away; its answer has nowhere to go
-        keep_alive = request.keep_alive and not self._state.draining
-        transport.write(encode_response(response, keep_alive))
+        last = self._input_ended and not self._queue  # nothing more will come
+        keep_alive = request.keep_alive and not self._state.draining and not last
+        transport.write(encode_response(response, keep_alive, request.method != b"HEAD"))
         if not keep_alive:
             self._queue.clear()
             transport.close()

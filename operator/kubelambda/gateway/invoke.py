@@ -301,6 +301,7 @@ class InvokeApi:
             except NotDelivered as exc:
                 log.info("%s/%s: %s; trying another pod", target.namespace, target.function, exc)
                 exclude.add(address)
+                self._table.unannounce(key, address)
                 continue
             except UpstreamTimeout:
                 return self._reject(
@@ -337,6 +338,8 @@ class InvokeApi:
         except QueueFull:
             address = None
         if address is not None:
+            if not pods:
+                self._metrics.cold_start(target.key, self._loop.time() - started)
             return address
         if any(a not in exclude for a in self._table.endpoints(target.key)):
             self._metrics.throttled(target.function_key, SCALING_LIMIT)

@@ -130,8 +130,10 @@ def check_claims(claims: dict[str, Any], policy: JwtPolicy, now: float) -> None:
         audiences = audience if isinstance(audience, list) else [audience]
         if not any(isinstance(a, str) and a in policy.audience for a in audiences):
             raise JwtError("wrong audience")
-    elif claims.get("client_id") not in policy.audience:
-        raise JwtError("wrong audience (no aud, client_id not accepted)")
+    else:
+        client_id = claims.get("client_id")
+        if not isinstance(client_id, str) or client_id not in policy.audience:
+            raise JwtError("wrong audience (no aud, client_id not accepted)")
     expires = _number(claims, "exp")
     if expires is None or expires <= now:
         raise JwtError("expired (or no exp)")
@@ -192,10 +194,10 @@ class JwtVerifier:
             token = token[7:].strip()
         header, claims, signed, signature = split_token(token)
         algorithm = header.get("alg")
-        if algorithm not in _ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
             raise JwtError(f"unsupported alg {algorithm!r}")
         key = await self._key(policy, header.get("kid"))
-        if not verify_signature(key, str(algorithm), signed, signature):
+        if not verify_signature(key, algorithm, signed, signature):
             raise JwtError("bad signature")
         check_claims(claims, policy, self._clock())
         return claims

@@ -23,7 +23,8 @@ from kubelambda.gateway.invoke import InvokeApi
 from kubelambda.gateway.metrics import GatewayMetrics
 from kubelambda.gateway.publisher import AsyncPublisher
 from kubelambda.gateway.publisher_nats import NatsPublisher
-from kubelambda.gateway.routing import KINDS, RoutingTable
+from kubelambda.gateway.routing import KINDS, RoutingTable, VersionKey
+from kubelambda.gateway.scaling import AutoscalerClient
 from kubelambda.gateway.upstream import UpstreamPool
 from kubelambda.gateway.waker import Waker
 from kubelambda.gateway.watch import (
@@ -69,6 +70,9 @@ class Gateway:
         self._state: ServerState | None = None
         self._pool: UpstreamPool | None = None
         self._api: InvokeApi | None = None
+        self.autoscaler: AutoscalerClient | None = None
+        self._reporting: asyncio.Task[None] | None = None
+        self._autoscaler_session: aiohttp.ClientSession | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -79,6 +83,24 @@ class Gateway:
 
     async def start(self, host: str = "0.0.0.0") -> None:
         self._pool = UpstreamPool()
+        # HTTP backends, JWKS documents, the autoscaler: not function pods, so a general client.
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        if self.config.autoscaler_url and self._waker is None:
+            # A fresh connection per post: a kept-alive one could outlive the operator pod it
+            # reached (seen after upgrades: every later report went astray).
+            self._autoscaler_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)
+            )
+            self.autoscaler = AutoscalerClient(
+                self.config.autoscaler_url,
+                self.dispatcher.take_demand,
+                self._autoscaler_session,
+                table=self.table,
+                waiting=lambda key: bool(self.dispatcher.queued().get(key)),
+            )
+            self._waker = self.autoscaler
+            self._reporting = asyncio.get_running_loop().create_task(self.autoscaler.run())
+        self.dispatcher.on_waiting = self._demand_waiting
         self._api = InvokeApi(
             self.config,
             self.table,
@@ -90,8 +112,6 @@ class Gateway:
             publisher=self._publisher,
             authenticator=self._authenticator,
         )
-        # HTTP backends and JWKS documents: not function pods, so a general-purpose client.
-        self._session = aiohttp.ClientSession(auto_decompress=False)
         self._http_api = HttpApi(
             self.config, self.table, self._api, self._session, read_secret=self._read_secret
         )
@@ -102,6 +122,10 @@ class Gateway:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.metrics_port = self.metrics.start_server(self.config.metrics_port, host)
+
+    def _demand_waiting(self, key: VersionKey) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.demand_rising(key)
 
     async def drain(self) -> None:
         """Graceful stop: unready, stop accepting, finish in-flight requests, close."""
@@ -119,6 +143,13 @@ class Gateway:
         self._state.close_idle()
         assert self._http_api is not None
         assert self._session is not None
+        if self.autoscaler is not None:
+            self.autoscaler.close()
+        if self._reporting is not None:
+            self._reporting.cancel()
+            await asyncio.gather(self._reporting, return_exceptions=True)
+        if self._autoscaler_session is not None:
+            await self._autoscaler_session.close()
         await self._http_api.close()
         await self._session.close()
         self._pool.close()

@@ -14,7 +14,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,6 +46,7 @@ DURATION_BUCKETS = (
     300,
     900,
 )
+COLD_START_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 # Outcomes of an invocation that reached a pod (or waited for one).
 OK = "ok"
@@ -156,6 +157,14 @@ class GatewayMetrics:
             ["code"],
             registry=self.registry,
         )
+        self._cold_starts = Histogram(
+            "kubelambda_gateway_cold_start_seconds",
+            "Waits of invocations that found no pod of their version (scale from zero), from"
+            " arrival until a pod took them",
+            VERSION_LABELS,
+            buckets=COLD_START_BUCKETS,
+            registry=self.registry,
+        )
         self._stats: dict[VersionKey, _VersionStats] = {}
         self.registry.register(_Collector(self._stats, in_flight, queued))
         self._endpoint = MetricsEndpoint(self.registry)
@@ -176,6 +185,9 @@ class GatewayMetrics:
             stats.function_errors += 1
         elif outcome == SERVICE_ERROR:
             stats.service_errors += 1
+
+    def cold_start(self, key: VersionKey, seconds: float) -> None:
+        self._cold_starts.labels(*key).observe(seconds)
 
     def queued_event(self, key: VersionKey) -> None:
         self._of(key).events += 1

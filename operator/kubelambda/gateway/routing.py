@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubelambda.gateway.apiroutes import API_ROUTE, ApiRoutes
-from kubelambda.resources.names import FUNCTION_LABEL, LATEST, VERSION_LABEL
+from kubelambda.resources.names import FUNCTION_LABEL, LATEST, VERSION_LABEL, version_from_slug
 
 FUNCTION = "Function"
 ALIAS = "Alias"
@@ -26,6 +27,8 @@ ENDPOINT_SLICE = "EndpointSlice"
 KINDS = (FUNCTION, ALIAS, ENDPOINT_SLICE, API_ROUTE)
 
 ACCOUNT_ID = "000000000000"  # the agent's ARNs use the same placeholder account
+# An announced pod no EndpointSlice lists after this long is presumed gone (it died early).
+ANNOUNCED_TTL_S = 10.0
 DEFAULT_TIMEOUT_S = 3
 MAX_TIMEOUT_S = 900  # Lambda's (and the CRD's) upper bound on timeoutSeconds
 INVOKE_PORT_NAME = "invoke"  # port name on every function Service (resources/function.py)
@@ -97,15 +100,6 @@ class RouteError:
     message: str
 
 
-def version_from_slug(slug: str) -> str | None:
-    """Inverse of ``names.version_slug``: ``latest`` -> ``$LATEST``, ``v7`` -> ``7``."""
-    if slug == "latest":
-        return LATEST
-    if slug.startswith("v") and slug[1:].isdigit():
-        return slug[1:]
-    return None
-
-
 def _int(value: Any, default: int | None) -> int | None:
     try:
         return int(value) if value is not None else default
@@ -151,8 +145,19 @@ def alias_config(obj: Mapping[str, Any]) -> AliasConfig | None:
     )
 
 
-def slice_addresses(obj: Mapping[str, Any]) -> tuple[VersionKey, tuple[Address, ...]] | None:
-    """The version an EndpointSlice serves and its ready addresses, or None if not ours."""
+@dataclass(frozen=True)
+class SliceEndpoints:
+    """What one EndpointSlice says about a version's pods."""
+
+    key: VersionKey
+    ready: tuple[Address, ...]
+    starting: tuple[Address, ...]
+    """Not ready yet (by the kubelet's probe) and not terminating."""
+    terminating: tuple[Address, ...]
+
+
+def slice_endpoints(obj: Mapping[str, Any]) -> SliceEndpoints | None:
+    """The version an EndpointSlice serves and its pods' addresses, or None if not ours."""
     metadata = obj.get("metadata") or {}
     labels = metadata.get("labels") or {}
     function = labels.get(FUNCTION_LABEL)
@@ -163,14 +168,21 @@ def slice_addresses(obj: Mapping[str, Any]) -> tuple[VersionKey, tuple[Address, 
     for entry in obj.get("ports") or ():
         if entry.get("name") == INVOKE_PORT_NAME and entry.get("port"):
             port = int(entry["port"])
-    addresses: list[Address] = []
+    ready: list[Address] = []
+    starting: list[Address] = []
+    terminating: list[Address] = []
     for endpoint in obj.get("endpoints") or ():
         conditions = endpoint.get("conditions") or {}
-        # An unset ready condition means ready (EndpointSlice API); terminating pods are not.
-        if conditions.get("ready") is False or conditions.get("terminating") is True:
-            continue
-        addresses.extend((str(address), port) for address in endpoint.get("addresses") or ())
-    return (str(metadata.get("namespace")), str(function), version), tuple(addresses)
+        # An unset ready condition means ready (EndpointSlice API).
+        if conditions.get("terminating") is True:
+            into = terminating
+        elif conditions.get("ready") is False:
+            into = starting
+        else:
+            into = ready
+        into.extend((str(address), port) for address in endpoint.get("addresses") or ())
+    key = (str(metadata.get("namespace")), str(function), version)
+    return SliceEndpoints(key, tuple(ready), tuple(starting), tuple(terminating))
 
 
 @functools.lru_cache(maxsize=4096)  # callers repeat the same few names: skip the regex
@@ -194,8 +206,11 @@ class RoutingTable:
         # name) is what requests use. Two objects claiming one alias name: the last one wins.
         self._alias_objects: dict[tuple[str, str], AliasConfig] = {}
         self._aliases: dict[VersionKey, AliasConfig] = {}
-        self._slices: dict[tuple[str, str], tuple[VersionKey, tuple[Address, ...]]] = {}
+        self._slices: dict[tuple[str, str], SliceEndpoints] = {}
+        # Ready pods, plus new pods that announced themselves ready (through the autoscaler)
+        # before their EndpointSlice lists them as such.
         self._endpoints: dict[VersionKey, tuple[Address, ...]] = {}
+        self._announced: dict[VersionKey, dict[Address, float]] = {}
         self.api_routes = ApiRoutes()
         self.on_endpoints_changed: Callable[[VersionKey], None] = lambda key: None
 
@@ -268,21 +283,45 @@ class RoutingTable:
     def _apply_slice(self, obj: Mapping[str, Any], deleted: bool) -> None:
         slice_key = self._object_key(obj)
         old = self._slices.pop(slice_key, None)
-        parsed = None if deleted else slice_addresses(obj)
+        parsed = None if deleted else slice_endpoints(obj)
         if parsed is not None:
             self._slices[slice_key] = parsed
-        for key in {entry[0] for entry in (old, parsed) if entry is not None}:
-            addresses = tuple(
-                address
-                for version_key, slice_addresses_ in self._slices.values()
-                if version_key == key
-                for address in slice_addresses_
-            )
-            if addresses:
-                self._endpoints[key] = addresses
-            else:
-                self._endpoints.pop(key, None)
-            self.on_endpoints_changed(key)
+        for key in {entry.key for entry in (old, parsed) if entry is not None}:
+            self._refresh_endpoints(key)
+
+    def _refresh_endpoints(self, key: VersionKey) -> None:
+        slices = [entry for entry in self._slices.values() if entry.key == key]
+        ready = [address for entry in slices for address in entry.ready]
+        announced = self._announced.get(key)
+        if announced:
+            listed = {a for entry in slices for a in (*entry.ready, *entry.terminating)}
+            starting = {a for entry in slices for a in entry.starting}
+            deadline = time.monotonic() - ANNOUNCED_TTL_S
+            # Until its slice says ready (or terminating), or for a while if none lists it.
+            for address, when in list(announced.items()):
+                if address in listed or (address not in starting and when < deadline):
+                    del announced[address]
+            if not announced:
+                del self._announced[key]
+            ready.extend(a for a in announced if a not in ready)
+        if ready:
+            self._endpoints[key] = tuple(ready)
+        else:
+            self._endpoints.pop(key, None)
+        self.on_endpoints_changed(key)
+
+    def announce(self, key: VersionKey, address: Address) -> None:
+        """A new pod of ``key`` said it serves: route to it before its slice says ready."""
+        if address in self._endpoints.get(key, ()):
+            return
+        self._announced.setdefault(key, {})[address] = time.monotonic()
+        self._refresh_endpoints(key)
+
+    def unannounce(self, key: VersionKey, address: Address) -> None:
+        """A request could not be delivered to ``address``: drop it if only announced."""
+        announced = self._announced.get(key)
+        if announced and announced.pop(address, None) is not None:
+            self._refresh_endpoints(key)
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -12,7 +12,14 @@ without an OnFailure destination. An event is acked only once its outcome is sto
 crash means a duplicate, never a loss. Per function, at most
 ``KUBELAMBDA_INVOKER_FUNCTION_CONCURRENCY`` events run at once on a replica, fewer when the
 function's reserved concurrency is lower (reserved 0: failed at once with ErrorCode 429).
-Functions' settings come from a list of ``functions.kubelambda.io`` every few seconds.
+Functions' settings come from a list+watch of ``functions.kubelambda.io`` (``functions``), so
+a change applies within a second.
+
+Scheduled triggers (``spec.schedules``, ``scheduler``): at each fire time of an enabled
+schedule the invoker queues an Event invocation in the same stream (so it is retried, expires
+and reaches destinations like any other); every replica does, and JetStream keeps one (the
+message id names the function uid, schedule and fire time). After an outage the most recent
+missed fire time is fired once; older ones are skipped.
 
 The invoker calls the gateway with ``X-Kubelambda-Request-Id: <the event's request id>``, so
 the invocation runs (and logs) under the request id the caller got with its 202.
@@ -50,7 +57,9 @@ KUBELAMBDA_INVOKER_MAX_ACK_PENDING          events per function out at once (run
                                             backoff), default 10000
 KUBELAMBDA_INVOKER_CONSUMER_INACTIVE_SECONDS  unused consumers are removed, default 3600
 KUBELAMBDA_INVOKER_FETCH_WAIT_SECONDS       long-poll of one fetch, default 5
-KUBELAMBDA_INVOKER_FUNCTIONS_REFRESH_SECONDS  Function list period, default 10
+KUBELAMBDA_INVOKER_FUNCTIONS_REFRESH_SECONDS  period of matching workers to functions and
+                                            stored events (Function changes apply at once),
+                                            default 10
 KUBELAMBDA_INVOKER_SAMPLE_INTERVAL_SECONDS  queue gauges period, default 15
 KUBELAMBDA_INVOKER_DESTINATION_TIMEOUT_SECONDS  one destination call, default 10
 KUBELAMBDA_INVOKER_SHUTDOWN_GRACE_SECONDS   on SIGTERM, time running events get, default 25
@@ -83,11 +92,13 @@ a fresh maximum age), then remove it from the DLQ. ``POST /dlq/redrive?namespace
 (``all=true`` instead of filters for all of them): ``{"purged": n}``.
 
 Metrics (``kubelambda_invoker_*``): deliveries by outcome, retries by reason, completed events
-by condition and target, destination failures, queue latency, in-flight events; sampled from
-the streams: queue depth, oldest event age, DLQ depth per function.
+by condition and target, destination failures, queue latency, in-flight events, schedule fires
+(queued / duplicate) and schedule failures; sampled from the streams: queue depth, oldest
+event age, DLQ depth per function.
 
 SIGTERM: stop fetching, give running events the shutdown grace, exit (events not settled by
 then are delivered again after the ack wait).
 
-The API server permissions it needs: list on ``functions.kubelambda.io``, cluster-wide.
+The API server permissions it needs: list and watch on ``functions.kubelambda.io``,
+cluster-wide.
 """

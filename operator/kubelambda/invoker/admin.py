@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_SEQUENCE = 2**64 - 1  # JetStream's sequences are uint64: past it, no dead letter is there
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -103,7 +104,8 @@ class AdminApi:
                 return _error(503, "the DLQ admin API is off: no admin token is configured")
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {self._token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            # aiohttp keeps bytes that are not UTF-8 as surrogates: compare the bytes sent.
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
                 return _error(401, "a valid 'Authorization: Bearer <token>' is required")
         try:
             return await handler(request)
@@ -129,7 +131,7 @@ class AdminApi:
         raw = request.query.get(name)
         if not raw:
             return default
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # "²" and "٣" are digits to isdigit()
             raise web.HTTPBadRequest(
                 text=json.dumps({"message": f"{name} must be a non-negative integer"}),
                 content_type="application/json",
@@ -138,7 +140,7 @@ class AdminApi:
 
     async def list(self, request: web.Request) -> web.Response:
         namespace, function = self._filters(request)
-        after = self._int_query(request, "after", 0, 2**63)
+        after = self._int_query(request, "after", 0, MAX_SEQUENCE - 1)
         limit = self._int_query(request, "limit", DEFAULT_LIMIT, MAX_LIMIT)
         letters = await self._broker.dead_letters(namespace, function, after, limit)
         last = letters[-1].sequence if len(letters) == limit and letters else None
@@ -152,14 +154,25 @@ class AdminApi:
         ]
         return web.json_response({"functions": functions, "total": sum(depths.values())})
 
+    @staticmethod
+    def _sequence(request: web.Request) -> int | None:
+        """The path's sequence; None when no dead letter can have it (NATS would refuse it)."""
+        sequence = int(request.match_info["sequence"])
+        return sequence if 1 <= sequence <= MAX_SEQUENCE else None
+
+    async def _letter(self, request: web.Request) -> DeadLetter | None:
+        sequence = self._sequence(request)
+        return None if sequence is None else await self._broker.dead_letter(sequence)
+
     async def show(self, request: web.Request) -> web.Response:
-        letter = await self._broker.dead_letter(int(request.match_info["sequence"]))
+        letter = await self._letter(request)
         if letter is None:
             return _error(404, "no such dead letter")
         return web.json_response(detail(letter))
 
     async def delete(self, request: web.Request) -> web.Response:
-        if not await self._broker.delete_dead_letter(int(request.match_info["sequence"])):
+        sequence = self._sequence(request)
+        if sequence is None or not await self._broker.delete_dead_letter(sequence):
             return _error(404, "no such dead letter")
         return web.Response(status=204)
 
@@ -170,7 +183,7 @@ class AdminApi:
         await self._broker.delete_dead_letter(letter.sequence)
 
     async def redrive_one(self, request: web.Request) -> web.Response:
-        letter = await self._broker.dead_letter(int(request.match_info["sequence"]))
+        letter = await self._letter(request)
         if letter is None:
             return _error(404, "no such dead letter")
         await self._redrive(letter)

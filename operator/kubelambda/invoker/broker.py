@@ -11,6 +11,7 @@ Delivery is at least once: a fetched event that is neither acked nor nak'd withi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from kubelambda.invoker.event import DeadLetter, Event
@@ -58,8 +59,11 @@ class EventConsumer(Protocol):
 
 
 class Broker(Protocol):
-    async def publish_event(self, event: Event, msg_id: str) -> None:
-        """Store the event (acknowledged by the broker); ``msg_id`` deduplicates repeats."""
+    async def publish_event(self, event: Event, msg_id: str) -> bool:
+        """Store the event (acknowledged by the broker); ``msg_id`` deduplicates repeats.
+
+        False when the broker already had ``msg_id`` (within its duplicate window).
+        """
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         """Store a failed event in the dead-letter queue (acknowledged)."""
@@ -92,3 +96,24 @@ class Broker(Protocol):
         """Remove dead letters (all, a namespace's, or a function's); returns how many."""
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """What the replicas share about one schedule, so a restart neither repeats nor skips."""
+
+    expression: str  # a changed expression starts afresh
+    last_fire_ms: int  # the last fire time handled, or when the schedule was armed
+
+
+class ScheduleStateStore(Protocol):
+    """Durable per-schedule state (a JetStream key-value bucket), keyed by schedule key."""
+
+    async def load(self, key: str) -> ScheduleState | None:
+        """None when nothing (readable) is stored. Raises ``BrokerError``."""
+
+    async def save(self, key: str, state: ScheduleState) -> None:
+        """Raises ``BrokerError``."""
+
+    async def forget(self, key: str) -> None:
+        """Raises ``BrokerError``."""

@@ -104,6 +104,7 @@ class Invoker:
         self.directory = directory
         self.metrics = metrics or InvokerMetrics()
         self.workers: dict[FunctionKey, FunctionWorker] = {}
+        self._directory_changed = asyncio.Event()
         self._session = session
         self._clock = clock
         self._destinations = DestinationSender(
@@ -134,11 +135,24 @@ class Invoker:
                 del self.workers[key]
                 await worker.stop(0)
 
+    def wake(self) -> None:
+        """The directory changed: reconcile the workers now rather than at the next period."""
+        self._directory_changed.set()
+
     async def run(self, stop: asyncio.Event) -> None:
+        # The period also catches functions that only have stored events (no Function object).
         while not stop.is_set():
+            self._directory_changed.clear()
             await self.reconcile()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.functions_refresh_s)
+            waits = {
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._directory_changed.wait()),
+            }
+            _, pending = await asyncio.wait(
+                waits, timeout=self.config.functions_refresh_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in pending:
+                waiting.cancel()
 
     async def sample(self) -> None:
         """Queue depth, oldest age and DLQ size per function, into the gauges."""

@@ -9,6 +9,9 @@ Streams (file storage, created or updated by ``ensure_streams``):
   and still ends in the DLQ rather than being expired by the stream.
 - ``KUBELAMBDA_DLQ``: subjects ``kubelambda.dlq.>``, limits retention, days of maximum age.
 
+Key-value bucket ``KUBELAMBDA_SCHEDULES`` (the invoker creates it): per schedule, the last fire
+time handled (``kubelambda.invoker.scheduler``).
+
 Consumers: one durable pull consumer per function, ``<namespace>_<function>`` (neither may
 contain ``_``), filtered to the function's subject, explicit ack, unlimited redeliveries; unused
 ones are removed by the server after ``inactive_threshold``.
@@ -33,13 +36,22 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 
-from kubelambda.invoker.broker import BrokerError, BrokerFull, Delivery, FunctionKey
+from kubelambda.invoker.broker import (
+    BrokerError,
+    BrokerFull,
+    Delivery,
+    FunctionKey,
+    ScheduleState,
+)
 from kubelambda.invoker.event import (
     DLQ_PREFIX,
     EVENTS_PREFIX,
@@ -56,6 +68,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "KUBELAMBDA_EVENTS"
 DLQ_STREAM = "KUBELAMBDA_DLQ"
+SCHEDULES_BUCKET = "KUBELAMBDA_SCHEDULES"
+# State of schedules not written for this long goes: those of deleted Functions, mostly. A
+# schedule whose state went merely starts afresh (no catch-up fire after an invoker outage).
+SCHEDULE_STATE_MAX_AGE_S = 400 * 86400.0
 STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another config
 _CONNECT_RETRY_S = 2.0
 
@@ -251,9 +267,9 @@ class JetStreamBroker:
 
     # --- publishing ------------------------------------------------------------------------
 
-    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> PubAck:
         try:
-            await self._js.publish(subject, body, headers=headers)
+            return await self._js.publish(subject, body, headers=headers)
         except nats.js.errors.APIError as exc:
             description = (exc.description or "").lower()
             if "maximum" in description or "resource" in description:
@@ -262,10 +278,11 @@ class JetStreamBroker:
         except _TRANSIENT as exc:
             raise BrokerError(f"publish: {exc}") from exc
 
-    async def publish_event(self, event: Event, msg_id: str) -> None:
+    async def publish_event(self, event: Event, msg_id: str) -> bool:
         headers = event.headers()
         headers["Nats-Msg-Id"] = msg_id
-        await self._publish(event.subject, event.payload, headers)
+        ack = await self._publish(event.subject, event.payload, headers)
+        return not ack.duplicate
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         # The same dead letter twice (a redelivered event failing again) is one.
@@ -288,6 +305,25 @@ class JetStreamBroker:
             await self.client.flush(timeout=int(max(self._timeout_s, 1)))
         except _TRANSIENT as exc:
             raise BrokerError(f"publish to {subject}: {exc}") from exc
+
+    async def schedule_store(self) -> JetStreamScheduleStore:
+        """The schedules' state bucket, created when missing."""
+        config = KeyValueConfig(
+            bucket=SCHEDULES_BUCKET,
+            description="kubelambda schedules: the last fire time each one handled",
+            history=1,
+            ttl=SCHEDULE_STATE_MAX_AGE_S,
+            storage=StorageType.FILE,
+            replicas=self.streams.replicas,
+        )
+        try:
+            try:
+                bucket = await self._js.key_value(SCHEDULES_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                bucket = await self._js.create_key_value(config)
+        except _TRANSIENT as exc:
+            raise BrokerError(f"bucket {SCHEDULES_BUCKET}: {exc}") from exc
+        return JetStreamScheduleStore(bucket)
 
     # --- consuming -------------------------------------------------------------------------
 
@@ -423,3 +459,37 @@ class JetStreamBroker:
             await self.client.drain()
         except _TRANSIENT:
             await self.client.close()
+
+
+class JetStreamScheduleStore:
+    """Implements ``ScheduleStateStore`` on a key-value bucket: one JSON value per schedule."""
+
+    def __init__(self, bucket: KeyValue) -> None:
+        self._bucket = bucket
+
+    async def load(self, key: str) -> ScheduleState | None:
+        try:
+            entry = await self._bucket.get(key)
+        except nats.js.errors.NotFoundError:  # never stored, or forgotten
+            return None
+        except _TRANSIENT as exc:
+            raise BrokerError(f"schedule state {key}: {exc}") from exc
+        try:
+            stored = json.loads(entry.value or b"")
+            return ScheduleState(str(stored["expression"]), int(stored["lastFireMs"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("schedule state %s is unreadable (%s): starting afresh", key, exc)
+            return None
+
+    async def save(self, key: str, state: ScheduleState) -> None:
+        value = {"expression": state.expression, "lastFireMs": state.last_fire_ms}
+        try:
+            await self._bucket.put(key, json.dumps(value).encode())
+        except _TRANSIENT as exc:
+            raise BrokerError(f"schedule state {key}: {exc}") from exc
+
+    async def forget(self, key: str) -> None:
+        try:
+            await self._bucket.delete(key)
+        except _TRANSIENT as exc:
+            raise BrokerError(f"schedule state {key}: {exc}") from exc

@@ -1,4 +1,5 @@
-"""Invoker entry point: connects to NATS, lists Functions, runs the workers, metrics and admin."""
+"""Invoker entry point: connects to NATS, watches Functions, runs the workers, the scheduler,
+metrics and admin."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from kubelambda.invoker.functions import (
 )
 from kubelambda.invoker.jetstream import JetStreamBroker
 from kubelambda.invoker.metrics import InvokerMetrics
+from kubelambda.invoker.scheduler import Scheduler
 
 log = logging.getLogger("kubelambda.invoker")
 
@@ -50,7 +52,9 @@ def load_functions_file(path: str) -> StaticDirectory:
         for item in items:
             metadata = item.get("metadata") or {}
             key = (str(metadata.get("namespace") or "default"), str(metadata["name"]))
-            functions[key] = settings_from_spec(item.get("spec") or {})
+            functions[key] = settings_from_spec(
+                item.get("spec") or {}, str(metadata.get("uid") or "")
+            )
     return StaticDirectory(functions)
 
 
@@ -70,6 +74,7 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
     while True:
         try:
             await broker.ensure_streams(update=True)
+            schedule_store = await broker.schedule_store()
             break
         except BrokerError as exc:
             log.warning("creating the streams: %s; retrying", exc)
@@ -78,17 +83,24 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector) as session:
         directory: FunctionDirectory
+        api_directory: ApiDirectory | None = None
         if functions_file is not None:
             directory = load_functions_file(functions_file)
         else:
             api_directory = ApiDirectory(
-                HttpKubeApi(connection_from_env(config.kubeconfig), session),
-                config.functions_refresh_s,
+                HttpKubeApi(connection_from_env(config.kubeconfig), session)
             )
             background.append(loop.create_task(api_directory.run()))
             await api_directory.synced.wait()
             directory = api_directory
         invoker = Invoker(config, broker, directory, session, metrics=metrics)
+        scheduler = Scheduler(
+            broker, schedule_store, directory, region=config.region, metrics=metrics
+        )
+        scheduler.sync()
+        if api_directory is not None:
+            api_directory.subscribe(invoker.wake)
+            api_directory.subscribe(scheduler.sync)
         background.append(loop.create_task(invoker.run(stop)))
         background.append(loop.create_task(invoker.run_sampler(stop)))
         ready = True
@@ -105,6 +117,7 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await scheduler.stop()
         await invoker.stop()
     await admin.stop()
     await broker.close()

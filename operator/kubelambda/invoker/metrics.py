@@ -15,6 +15,10 @@ from kubelambda.invoker.broker import FunctionKey
 LABELS = ("namespace", "function")
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
+# Outcomes of queueing one scheduled fire.
+QUEUED = "queued"
+DUPLICATE = "duplicate"
+
 # Outcomes of one try.
 SUCCESS = "success"
 FUNCTION_ERROR = "function_error"
@@ -51,6 +55,20 @@ class InvokerMetrics:
             "kubelambda_invoker_destination_failures",
             "Records a destination did not take after every try, by kind (onSuccess, onFailure).",
             (*LABELS, "kind"),
+            registry=r,
+        )
+        self.schedule_fires = Counter(
+            "kubelambda_invoker_schedule_fires",
+            "Scheduled events this replica queued, by outcome (queued; duplicate: another"
+            " replica, or this one before a restart, had queued that fire already).",
+            (*LABELS, "schedule", "outcome"),
+            registry=r,
+        )
+        self.schedule_failures = Counter(
+            "kubelambda_invoker_schedule_failures",
+            "Tries to queue a scheduled event that failed (queue unreachable or full);"
+            " retried while that fire time is the latest one due.",
+            (*LABELS, "schedule"),
             registry=r,
         )
         self.queue_latency = Histogram(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda.api import FunctionSpec
+from kubelambda.autoscaler.policy import ScalingPolicy, instances_for
+from kubelambda.autoscaler.tokens import announce_token
 from kubelambda.resources.code import (
     Content,
     FileSet,
@@ -19,7 +21,9 @@ from kubelambda.resources.code import (
 )
 from kubelambda.resources.names import (
     FUNCTION_LABEL,
+    LATEST,
     MANAGED_BY,
+    SCALING_ANNOTATION,
     SNAPSHOT_HASH_ANNOTATION,
     VERSION_LABEL,
     revision_name,
@@ -61,6 +65,15 @@ def version_snapshot(spec: FunctionSpec) -> dict[str, Any]:
     return spec.model_dump(
         mode="json", by_alias=True, exclude_none=True, include=set(VERSIONED_FIELDS)
     )
+
+
+def version_spec(function_spec: FunctionSpec, snapshot: Mapping[str, Any]) -> FunctionSpec:
+    """A published version's spec: its frozen code and configuration, with the function-level
+    settings (concurrency, scaling, async) as they are now, as on Lambda."""
+    function_level = function_spec.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude=set(VERSIONED_FIELDS)
+    )
+    return FunctionSpec.model_validate({**function_level, **snapshot})
 
 
 def snapshot_sha256(snapshot: Mapping[str, Any]) -> str:
@@ -113,7 +126,9 @@ class Workload:
     """Runtime image, or the function's own image for code.image functions."""
     function_arn: str
     owner: Mapping[str, Any]
-    replicas: int = 1
+    replicas: int | None = None
+    """The Deployment's current count (the autoscaler's); None for a new Deployment, which
+    starts with one instance, or its minimum."""
     code: Content | None = None
     """Inline files or a zip package (None for image functions)."""
     layers: Sequence[Content] = field(default_factory=tuple)
@@ -121,10 +136,46 @@ class Workload:
     region: str = "us-east-1"
     agent_image: str = ""
     """Image of the agent sidecar of image functions (the Python runtime image)."""
+    provisioned_concurrency: int = 0
+    """Concurrency the aliases of this (published) version keep initialized."""
+    namespace: str = ""
+    announce_url: str = ""
+    """The autoscaler, which new pods tell when they are ready; empty: they do not."""
+    signing_key: str = ""
+    """Key of the pods' announcement tokens."""
 
     @property
     def is_image(self) -> bool:
         return self.spec.code.image is not None
+
+    @property
+    def initialization_type(self) -> str:
+        """AWS_LAMBDA_INITIALIZATION_TYPE of the version's instances."""
+        provisioned = self.provisioned_concurrency or (
+            self.version == LATEST and self.spec.scaling.min_instances
+        )
+        return "provisioned-concurrency" if provisioned else "on-demand"
+
+    @property
+    def scaling_policy(self) -> ScalingPolicy:
+        """What the autoscaler may do with this version (written on its Deployment)."""
+        spec = self.spec
+        per_instance = spec.concurrency.per_instance
+        if self.version == LATEST:
+            minimum = spec.scaling.min_instances
+        else:
+            minimum = instances_for(self.provisioned_concurrency, per_instance)
+        caps = [spec.scaling.max_instances]
+        if spec.concurrency.reserved is not None:
+            caps.append(instances_for(spec.concurrency.reserved, per_instance))
+        cap = min((c for c in caps if c is not None), default=None)
+        return ScalingPolicy(
+            per_instance=per_instance,
+            min_replicas=minimum if cap is None else min(minimum, cap),
+            max_replicas=cap,
+            idle_seconds=spec.scaling.idle_seconds,
+            linger_seconds=spec.scaling.linger_seconds,
+        )
 
 
 def cpu_millicores(memory_mb: int) -> int:
@@ -138,7 +189,7 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
         "AWS_LAMBDA_FUNCTION_NAME": workload.function,
         "AWS_LAMBDA_FUNCTION_VERSION": workload.version,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": workload.initialization_type,
         "AWS_REGION": workload.region,
         "KUBELAMBDA_TIMEOUT_SECONDS": str(spec.timeout_seconds),
         "KUBELAMBDA_CONCURRENCY": str(spec.concurrency.per_instance),
@@ -153,7 +204,20 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
         platform["KUBELAMBDA_RUNTIME"] = spec.runtime.value
     if spec.handler is not None:
         platform["_HANDLER"] = spec.handler
-    env = [{"name": k, "value": v} for k, v in platform.items()]
+    if workload.announce_url and workload.signing_key and workload.namespace:
+        platform["KUBELAMBDA_ANNOUNCE_URL"] = workload.announce_url
+        platform["KUBELAMBDA_ANNOUNCE_TOKEN"] = announce_token(
+            workload.signing_key, workload.namespace, workload.function, workload.version
+        )
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in platform.items()]
+    if "KUBELAMBDA_ANNOUNCE_URL" in platform:
+        env += [
+            {
+                "name": "KUBELAMBDA_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "KUBELAMBDA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ]
     # An image's runtime gets the function's variables in its own container.
     return env if workload.is_image else env + function_variables(spec)
 
@@ -167,7 +231,7 @@ def image_runtime_env(workload: Workload) -> list[dict[str, Any]]:
         "AWS_LAMBDA_FUNCTION_NAME": workload.function,
         "AWS_LAMBDA_FUNCTION_VERSION": workload.version,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": workload.initialization_type,
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{workload.function}",
         "AWS_REGION": workload.region,
         "AWS_DEFAULT_REGION": workload.region,
@@ -340,10 +404,15 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "labels": labels,
+            "annotations": {SCALING_ANNOTATION: workload.scaling_policy.to_json()},
             "ownerReferences": [owner_reference(workload.owner)],
         },
         "spec": {
-            "replicas": workload.replicas,
+            "replicas": (
+                workload.replicas
+                if workload.replicas is not None
+                else max(1, workload.scaling_policy.min_replicas)
+            ),
             "selector": {
                 "matchLabels": {
                     FUNCTION_LABEL: workload.function,

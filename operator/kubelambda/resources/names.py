@@ -15,11 +15,22 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubelambda"}
 SNAPSHOT_HASH_ANNOTATION = f"{DOMAIN}/snapshot-sha256"
 PATHS_ANNOTATION = f"{DOMAIN}/paths"
+# A function version's ScalingPolicy (JSON) on its Deployment: all the autoscaler reads.
+SCALING_ANNOTATION = f"{DOMAIN}/scaling"
 
 
 def version_slug(version: str) -> str:
     """``$LATEST`` -> ``latest``, ``7`` -> ``v7``: the version as a DNS-label fragment."""
     return "latest" if version == LATEST else f"v{version}"
+
+
+def version_from_slug(slug: str) -> str | None:
+    """Inverse of ``version_slug``: ``latest`` -> ``$LATEST``, ``v7`` -> ``7``; None otherwise."""
+    if slug == "latest":
+        return LATEST
+    if slug.startswith("v") and slug[1:].isdigit():
+        return slug[1:]
+    return None
 
 
 def workload_name(function: str, version: str) -> str:

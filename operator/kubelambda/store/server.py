@@ -86,7 +86,7 @@ class BlobStore:
 
     def is_admin(self, request: web.Request) -> bool:
         token = self.bearer(request)
-        return bool(token) and hmac.compare_digest(token, self.config.upload_token)
+        return bool(token) and hmac.compare_digest(_raw(token), _raw(self.config.upload_token))
 
     def may_read(self, request: web.Request, sha256: str) -> bool:
         token = self.bearer(request)
@@ -183,6 +183,12 @@ class BlobStore:
             return error(404, f"no package with sha256 {sha256} in the code store")
         path.unlink()
         return web.Response(status=204)
+
+
+def _raw(text: str) -> bytes:
+    """A header value as the bytes it came as: compare_digest refuses non-ASCII strings, and
+    aiohttp keeps undecodable bytes as surrogates."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 async def healthz(_: web.Request) -> web.Response:

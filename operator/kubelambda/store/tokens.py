@@ -16,4 +16,6 @@ def read_token(signing_key: str, sha256: str) -> str:
 
 
 def allows_read(signing_key: str, sha256: str, token: str) -> bool:
-    return hmac.compare_digest(read_token(signing_key, sha256), token)
+    # As bytes: compare_digest refuses strings with non-ASCII characters, which callers send.
+    expected = read_token(signing_key, sha256).encode()
+    return hmac.compare_digest(expected, token.encode("utf-8", "surrogateescape"))

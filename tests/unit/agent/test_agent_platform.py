@@ -70,6 +70,32 @@ def test_timeout_kills_and_restarts(start_agent):
     assert "Init Duration" not in base64.b64decode(reply.headers["x-amz-log-result"]).decode()
 
 
+def test_timeout_of_an_invocation_after_earlier_fast_ones(start_agent):
+    # One timer per runtime, left running by fast invocations: when it fires for one that
+    # completed, it moves on to the deadline of the invocation running then.
+    agent = start_agent(files={"app.py": APP}, KUBELAMBDA_TIMEOUT_SECONDS="1")
+    agent.invoke({})
+    time.sleep(0.6)
+    started = time.monotonic()
+    reply = agent.invoke({"action": "sleep", "seconds": 5})
+    elapsed = time.monotonic() - started
+    assert reply.json()["errorType"] == "Sandbox.Timedout"
+    assert 0.95 < elapsed < 2.5
+
+
+def test_a_deadline_sooner_than_the_running_timer(start_agent):
+    agent = start_agent(files={"app.py": APP}, KUBELAMBDA_TIMEOUT_SECONDS="30")
+    agent.invoke({})  # leaves the runtime's timer set 30 s ahead
+    started = time.monotonic()
+    deadline = int(time.time() * 1000) + 400
+    reply = agent.invoke(
+        {"action": "sleep", "seconds": 5}, {"X-Kubelambda-Deadline-Ms": str(deadline)}
+    )
+    elapsed = time.monotonic() - started
+    assert reply.json()["errorType"] == "Sandbox.Timedout"
+    assert 0.35 < elapsed < 2.0
+
+
 def test_crash_is_an_exit_error_then_recovers(start_agent):
     agent = start_agent(files={"app.py": APP})
     reply = agent.invoke({"action": "exit"}, {"X-Kubelambda-Request-Id": "crash-1"})

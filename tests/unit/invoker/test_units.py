@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubelambda.api.function import Destination
+from kubelambda.api.schedule import Schedule
 from kubelambda.gateway.publisher import AsyncInvocation, PublishRejected
 from kubelambda.gateway.publisher_nats import NatsPublisher
 from kubelambda.invoker.config import ConfigError, load_config
@@ -115,23 +116,29 @@ def test_settings_from_spec() -> None:
             "maximumEventAgeSeconds": 60,
             "onFailure": {"subject": "failed.events"},
         },
+        "schedules": [{"name": "tick", "expression": "rate(10 seconds)", "enabled": False}],
     }
-    assert settings_from_spec(spec) == FunctionSettings(
+    assert settings_from_spec(spec, "uid-1") == FunctionSettings(
         reserved=0,
         timeout_s=30,
         max_retries=0,
         max_age_s=60,
         on_failure=Destination(subject="failed.events"),
+        uid="uid-1",
+        schedules=(Schedule(name="tick", expression="rate(10 seconds)", enabled=False),),
     )
-    assert settings_from_spec({}) == FunctionSettings()
+    assert settings_from_spec({}, "") == FunctionSettings()
     with pytest.raises(ValueError, match=r"less than or equal to 2"):
-        settings_from_spec({"async": {"maximumRetryAttempts": 3}})
+        settings_from_spec({"async": {"maximumRetryAttempts": 3}}, "")
+    twice = {"schedules": [{"name": "a", "expression": "rate(1 day)"}] * 2}
+    with pytest.raises(ValueError, match=r"schedules names must be unique"):
+        settings_from_spec(twice, "")
 
 
 def test_functions_file(tmp_path: Path) -> None:
     path = tmp_path / "f.yaml"
     path.write_text(
-        "kind: Function\nmetadata: {name: a, namespace: x}\n"
+        "kind: Function\nmetadata: {name: a, namespace: x, uid: u-a}\n"
         "spec: {async: {maximumRetryAttempts: 1}}\n---\n"
         "kind: List\nitems:\n- kind: Function\n  metadata: {name: b}\n  spec: {}\n"
     )
@@ -140,6 +147,7 @@ def test_functions_file(tmp_path: Path) -> None:
     settings = directory.get("x", "a")
     assert settings is not None
     assert settings.max_retries == 1
+    assert settings.uid == "u-a"
 
 
 def test_config() -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from kubelambda.api import FunctionSpec
+from kubelambda.autoscaler.policy import ScalingPolicy
+from kubelambda.autoscaler.tokens import announce_token
 from kubelambda.resources.code import FileSet, ImageContent, ZipPackage
 from kubelambda.resources.function import (
     Workload,
@@ -18,7 +20,9 @@ from kubelambda.resources.function import (
     snapshot_sha256,
     version_revision,
     version_snapshot,
+    version_spec,
 )
+from kubelambda.resources.names import SCALING_ANNOTATION
 
 OWNER = {
     "apiVersion": "kubelambda.io/v1alpha1",
@@ -294,3 +298,100 @@ def test_image_function_runs_its_own_entrypoint_next_to_the_agent() -> None:
     # The image keeps its own search paths.
     assert "PATH" not in function_env_
     assert function["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# --- scaling -----------------------------------------------------------------------------------
+
+
+def scaling_of(deployment: dict[str, Any]) -> ScalingPolicy:
+    return ScalingPolicy.from_json(deployment["metadata"]["annotations"][SCALING_ANNOTATION])
+
+
+@pytest.mark.parametrize(
+    ("fields", "version", "provisioned", "expected"),
+    [
+        ({}, "$LATEST", 0, ScalingPolicy()),
+        (
+            {
+                "concurrency": {"perInstance": 4, "reserved": 10},
+                "scaling": {"minInstances": 1, "idleSeconds": 30, "lingerSeconds": 5},
+            },
+            "$LATEST",
+            0,
+            ScalingPolicy(4, 1, 3, 30.0, 5.0),
+        ),
+        ({"scaling": {"maxInstances": 5}}, "$LATEST", 0, ScalingPolicy(max_replicas=5)),
+        ({"concurrency": {"reserved": 0}}, "$LATEST", 0, ScalingPolicy(max_replicas=0)),
+        # A published version's minimum comes from its aliases' provisioned concurrency...
+        ({"concurrency": {"perInstance": 2}}, "3", 5, ScalingPolicy(2, 3)),
+        # ...never past the reserved cap.
+        ({"concurrency": {"reserved": 2}}, "3", 5, ScalingPolicy(1, 2, 2)),
+        # minInstances is the $LATEST setting.
+        ({"scaling": {"minInstances": 2}}, "3", 0, ScalingPolicy()),
+    ],
+)
+def test_scaling_policy_on_the_deployment(
+    fields: dict[str, Any], version: str, provisioned: int, expected: ScalingPolicy
+) -> None:
+    deployment = function_deployment(
+        workload(spec(**fields), version, provisioned_concurrency=provisioned)
+    )
+    assert scaling_of(deployment) == expected
+
+
+@pytest.mark.parametrize(
+    ("replicas", "fields", "expected"),
+    [(None, {}, 1), (None, {"scaling": {"minInstances": 3}}, 3), (0, {}, 0), (7, {}, 7)],
+)
+def test_replicas_start_at_one_then_belong_to_the_autoscaler(
+    replicas: int | None, fields: dict[str, Any], expected: int
+) -> None:
+    deployment = function_deployment(workload(spec(**fields), replicas=replicas))
+    assert deployment["spec"]["replicas"] == expected
+
+
+@pytest.mark.parametrize(
+    ("version", "provisioned", "fields", "expected"),
+    [
+        ("$LATEST", 0, {}, "on-demand"),
+        ("$LATEST", 0, {"scaling": {"minInstances": 1}}, "provisioned-concurrency"),
+        ("2", 2, {}, "provisioned-concurrency"),
+        ("2", 0, {}, "on-demand"),
+    ],
+)
+def test_initialization_type(
+    version: str, provisioned: int, fields: dict[str, Any], expected: str
+) -> None:
+    env = function_env(workload(spec(**fields), version, provisioned_concurrency=provisioned))
+    assert {"name": "AWS_LAMBDA_INITIALIZATION_TYPE", "value": expected} in env
+
+
+def test_pods_announce_themselves_with_a_token_of_their_identity() -> None:
+    env = function_env(
+        workload(
+            spec(),
+            "$LATEST",
+            namespace="team",
+            announce_url="http://kubelambda-autoscaler.kubelambda-system.svc:8082",
+            signing_key="key",
+        )
+    )
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["KUBELAMBDA_ANNOUNCE_URL"].endswith(":8082")
+    assert values["KUBELAMBDA_ANNOUNCE_TOKEN"] == announce_token("key", "team", "hello", "$LATEST")
+    sources = {e["name"]: e.get("valueFrom") for e in env}
+    assert sources["KUBELAMBDA_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert sources["KUBELAMBDA_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Without a signing key (no code store Secret) pods do not announce.
+    plain = function_env(workload(spec(), namespace="team", announce_url="http://a:8082"))
+    assert "KUBELAMBDA_ANNOUNCE_URL" not in {e["name"] for e in plain}
+
+
+def test_a_version_keeps_its_code_but_takes_function_level_settings() -> None:
+    published = spec(memoryMB=256, concurrency={"reserved": 3})
+    snapshot = version_snapshot(published)
+    now = spec(memoryMB=512, concurrency={"reserved": 7}, scaling={"idleSeconds": 5})
+    frozen = version_spec(now, snapshot)
+    assert frozen.memory_mb == 256
+    assert frozen.concurrency.reserved == 7
+    assert frozen.scaling.idle_seconds == 5

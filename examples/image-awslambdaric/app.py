@@ -1,3 +1,6 @@
+# The handler of the image function: it reports the event and what awslambdaric's context
+# says, so a caller can see the Lambda Runtime API at work (tests/e2e/test_code_delivery.py
+# and tests/e2e/test_examples.py check these fields).
 import os
 
 
