@@ -186,12 +186,14 @@ def code_config_maps(namespace: str, name: str) -> list[str]:
 
 
 def test_superseded_code_is_removed_once_no_pod_mounts_it(namespace: str) -> None:
-    apply(function("recoded"), namespace)
+    # The test reads the code its pods mount: keep one pod even while idle.
+    warm = {"scaling": {"minInstances": 1}}
+    apply(function("recoded", **warm), namespace)
     wait_for_condition("function", "recoded", namespace)
     (first,) = code_config_maps(namespace, "recoded")
     for round_ in range(2):
         code = {"app.py": f"def handler(event, context):\n    return {round_}\n"}
-        apply(function("recoded", code={"inline": code}), namespace)
+        apply(function("recoded", code={"inline": code}, **warm), namespace)
         wait_until(
             lambda round_=round_: (
                 invoke(function_pod_url("recoded", namespace))[2] == str(round_).encode()
