@@ -26,7 +26,7 @@ STARTED_NEWS_S = 10.0
 
 
 @dataclass
-class Workload:
+class ScaledVersion:
     """One version's Deployment, as the watch last saw it (and as we last scaled it)."""
 
     policy: ScalingPolicy
@@ -54,7 +54,7 @@ class Autoscaler:
         self._reports: dict[str, _Report] = {}
         self._woken: dict[VersionKey, float] = {}
         self._started: dict[VersionKey, dict[str, float]] = {}
-        self.workloads: dict[VersionKey, Workload] = {}
+        self.workloads: dict[VersionKey, ScaledVersion] = {}
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ class Autoscaler:
     def observe(self, key: VersionKey, policy: ScalingPolicy, replicas: int, ready: int) -> None:
         workload = self.workloads.get(key)
         if workload is None:
-            self.workloads[key] = Workload(policy, replicas, ready)
+            self.workloads[key] = ScaledVersion(policy, replicas, ready)
         else:
             workload.policy, workload.replicas, workload.ready = policy, replicas, ready
 
