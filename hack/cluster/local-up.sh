@@ -75,6 +75,16 @@ cat >"$KUBELAMBDA_STATE/cni/net.d/10-kubelambda.conflist" <<JSON
   ]
 }
 JSON
+# The firewall plugin ACCEPTs pod traffic in FORWARD before kube-proxy's chains, which would
+# skip kube-proxy's REJECT for a Service with no ready endpoint: the connection then leaves by
+# the default route (here a proxy answers it with an HTTP 404). A real cluster refuses it, so
+# the plugin's admin chain, consulted first, sends new connections to kube-proxy's rules.
+for tool in iptables ip6tables; do
+  "$tool" -N CNI-ADMIN 2>/dev/null || true
+  "$tool" -N KUBE-SERVICES 2>/dev/null || true
+  "$tool" -C CNI-ADMIN -m conntrack --ctstate NEW -j KUBE-SERVICES 2>/dev/null ||
+    "$tool" -A CNI-ADMIN -m conntrack --ctstate NEW -j KUBE-SERVICES
+done
 start_process containerd containerd --config "$KUBELAMBDA_STATE/containerd.toml"
 wait_for 30 containerd ctr --address "$CONTAINERD_SOCKET" version
 "$hack_dir/load-images.sh" "kubelambda/pause:$PAUSE_TAG" "kubelambda/coredns:$COREDNS_VERSION" \

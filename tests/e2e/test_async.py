@@ -18,11 +18,20 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.e2e.kube import PLATFORM_NAMESPACE, apply, get, kubectl, lambda_client, wait_until
+from tests.e2e.kube import (
+    PLATFORM_NAMESPACE,
+    apply,
+    get,
+    kubectl,
+    lambda_client,
+    names,
+    wait_until,
+)
 from tests.e2e.test_runtimes import await_function, function
 
 EVENTS = 1000
@@ -236,3 +245,130 @@ def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(
         dlq.call("POST", f"/dlq/redrive?namespace={ns}&function=parked&limit=100")
         time.sleep(5)
     assert dlq.letters(ns, "parked") == []
+
+
+KILL_EVENTS = 2000
+# Accepted-event counts at which the invoker, then NATS, then a gateway pod is force-killed.
+KILLS = (
+    (400, "app.kubernetes.io/component=invoker"),
+    (900, "app.kubernetes.io/component=queue"),
+    (1400, "app.kubernetes.io/component=gateway"),
+)
+
+
+def force_kill(selector: str) -> None:
+    pods = names("pods", PLATFORM_NAMESPACE, selector)
+    assert pods, selector
+    kubectl("delete", "pod", "-n", PLATFORM_NAMESPACE, "--grace-period=0", "--force", *pods)
+
+
+def test_killing_invoker_nats_and_gateway_loses_no_event(
+    lam: Any, async_namespace: str, sink: RecordSink
+) -> None:
+    """Every accepted event reaches an outcome although each platform part dies mid-run.
+
+    A send whose answer is lost when its gateway dies is sent again (as any client would), so an
+    event may be accepted twice: duplicates are allowed and counted, losses are not.
+    """
+    ns = async_namespace
+    apply(
+        flaky("steady", scaling={"minInstances": 2}, **{"async": {"onSuccess": {"url": sink.url}}}),
+        ns,
+    )
+    await_function(ns, "steady")
+    accepted: list[int] = []
+    lock = threading.Lock()
+    client_retries = Counter[str]()
+    kills: list[threading.Thread] = []
+
+    killed_ms: list[int] = []
+
+    def send(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                response = lam.invoke(
+                    FunctionName="steady", InvocationType="Event", Payload=json.dumps({"n": n})
+                )
+                if response["StatusCode"] == 202:
+                    break
+                client_retries[str(response["StatusCode"])] += 1
+            except Exception as exc:  # the gateway or NATS is being replaced: send again
+                client_retries[type(exc).__name__] += 1
+            assert time.monotonic() < deadline, f"event {n} not accepted in 120 s"
+            time.sleep(0.5)
+        with lock:
+            accepted.append(n)
+            for at, selector in KILLS:
+                if len(accepted) == at:
+                    killed_ms.append(int(time.time() * 1000))
+                    kill = threading.Thread(target=force_kill, args=(selector,))
+                    kill.start()
+                    kills.append(kill)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, range(KILL_EVENTS)))
+    for kill in kills:
+        kill.join()
+    dlq = Dlq()
+
+    def outcomes() -> tuple[Counter[int], list[dict[str, Any]]] | None:
+        successes = Counter(
+            int(r["requestPayload"]["n"])
+            for r in sink.snapshot()
+            if r["requestContext"]["functionArn"].endswith(":function:steady:$LATEST")
+        )
+        letters = dlq.letters(ns, "steady")
+        if letters:  # the function never fails: a dead letter is a platform bug
+            return successes, letters
+        return (successes, letters) if set(successes) >= set(range(KILL_EVENTS)) else None
+
+    successes, letters = wait_until(outcomes, 300, "an outcome for every event", interval=3)
+    reasons = Counter((d["condition"], d["errorCode"], d["errorMessage"][:120]) for d in letters)
+    if letters:
+        failed = sorted(d["failedTime"] for d in letters)
+        sample = dlq.call("GET", f"/dlq/{letters[0]['sequence']}")
+        raise AssertionError(
+            f"{len(letters)} dead letters: {reasons.most_common(5)}; kills at {killed_ms},"
+            f" failures from {failed[0]} to {failed[-1]}; first: {sample}"
+        )
+    duplicates = sum(count - 1 for count in successes.values())
+    print(
+        f"\n{KILL_EVENTS} events, kills at {[at for at, _ in KILLS]}: none lost;"
+        f" {duplicates} duplicate deliveries; client re-sends {dict(client_retries)}"
+    )
+
+
+def test_events_of_a_function_that_cannot_start_expire_to_the_dlq(
+    lam: Any, async_namespace: str
+) -> None:
+    """At zero instances and unable to start one (its image cannot be pulled), the function's
+    events are retried with backoff until their maximum age, then dead-lettered as
+    EventAgeExceeded, as Lambda does for events it could not deliver in time."""
+    ns = async_namespace
+    apply(
+        function(
+            "unstartable",
+            {
+                "code": {"image": "kubelambda/does-not-exist:never"},
+                "async": {"maximumEventAgeSeconds": 60, "maximumRetryAttempts": 0},
+            },
+        ),
+        ns,
+    )
+    ids = send_events(lam, "unstartable", [{"n": i} for i in range(3)])
+    dlq = Dlq()
+
+    def three_letters() -> list[dict[str, Any]] | None:
+        found = dlq.letters(ns, "unstartable")
+        return found if len(found) == 3 else None
+
+    letters = wait_until(three_letters, 150, "3 dead letters", interval=3)
+    assert {d["requestId"] for d in letters} == set(ids)
+    for letter in letters:
+        assert letter["condition"] == "EventAgeExceeded", letter
+        assert letter["attempts"] == 0, letter
+        enqueued = datetime.fromisoformat(letter["enqueuedTime"].replace("Z", "+00:00"))
+        failed = datetime.fromisoformat(letter["failedTime"].replace("Z", "+00:00"))
+        assert 60 <= (failed - enqueued).total_seconds() < 90, letter
+        assert letter["errorCode"] in {"502", "503", "504"}, letter

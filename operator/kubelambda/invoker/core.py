@@ -10,7 +10,9 @@ Every fetched event is settled exactly one way, and acked only once that way is 
 - throttled (429) or a platform error (5xx, no answer): a copy with exponential backoff
   (``throttle_min`` doubling up to ``throttle_max``, with jitter), until the event's age runs
   out: failure ``EventAgeExceeded``;
-- other 4xx (the function is gone, the payload refused): failure ``RetriesExhausted`` at once;
+- other 4xx from the gateway (the function is gone, the payload refused): failure
+  ``RetriesExhausted`` at once; a 4xx without the gateway's ``x-amzn-ErrorType`` came from
+  something in between (a proxy while no gateway is ready) and is retried like a 5xx;
 - reserved concurrency 0: failure ``RetriesExhausted`` at once (ErrorCode 429), without a try;
 - failure: the record goes to OnFailure if configured and it takes it, else (or if it does
   not) the event goes to the dead-letter queue; then ack.
@@ -295,8 +297,13 @@ class Invoker:
             kind = THROTTLED
         elif status >= 500:
             kind = SERVICE_ERROR
-        else:
+        elif error_type:
             kind = REJECTED
+        else:
+            # Not the gateway's refusal (it always names the error type): a proxy or load
+            # balancer in between answered, e.g. while no gateway pod was ready. Try again.
+            message = f"ServiceException: HTTP {status} from something other than the gateway"
+            return Outcome(SERVICE_ERROR, Response(502), "502", message)
         return Outcome(kind, response, str(status), message)
 
     def _record(self, event: Event, condition: str, response: Response) -> bytes:

@@ -161,6 +161,25 @@ def test_refused_event_is_not_retried(nats_server: NatsServer) -> None:
     asyncio.run(scenario())
 
 
+def test_a_4xx_not_from_the_gateway_is_retried(nats_server: NatsServer) -> None:
+    """A proxy's bare 404 (no gateway pod ready behind the Service) is not the gateway refusing
+    the event: it is retried, and the event succeeds once the gateway answers."""
+
+    async def scenario() -> None:
+        replies = iter([Reply(404, b"", {"Server": "some-proxy"})])
+        script = lambda call: next(replies, OK)  # noqa: E731
+        async with running_invoker(nats_server, {}, script) as h:
+            await h.publish("through-a-proxy")
+
+            async def delivered() -> bool:
+                return len(h.gateway.calls) == 2 and sum(h.gateway.successes().values()) == 1
+
+            await eventually(delivered, 10, "the event retried and delivered")
+            assert await all_dead_letters(h.broker) == []
+
+    asyncio.run(scenario())
+
+
 def test_concurrency_is_bounded_by_reserved(nats_server: NatsServer) -> None:
     running = 0
     peak = 0
