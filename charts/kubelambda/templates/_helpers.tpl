@@ -35,3 +35,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $nats := .Values.nats -}}
 {{- $nats.streamReplicas | default (ternary (min (int $nats.replicas) 3) 1 (and $nats.enabled (gt (int $nats.replicas) 1))) -}}
 {{- end -}}
+
+{{/* The platform pods' PriorityClass: priorityClass.name, else the chart's own (if created). */}}
+{{- define "kubelambda.priorityClassName" -}}
+{{- if .Values.priorityClass.name -}}
+{{ .Values.priorityClass.name }}
+{{- else if .Values.priorityClass.create -}}
+{{ .Release.Name }}-platform
+{{- end -}}
+{{- end -}}
