@@ -131,12 +131,14 @@ def gateway_url() -> str:
     return f"http://{service['spec']['clusterIP']}:8080"
 
 
-def lambda_client(namespace: str, read_timeout: float = 60, connections: int = 16) -> Any:
-    """boto3's Lambda client on the gateway, for ``namespace``; no retries, so every answer
-    (429s included) reaches the test."""
+def lambda_client(
+    namespace: str, read_timeout: float = 60, connections: int = 16, gateway: str | None = None
+) -> Any:
+    """boto3's Lambda client on the gateway (its Service, or the ``gateway`` URL given), for
+    ``namespace``; no retries, so every answer (429s included) reaches the test."""
     return boto3.client(
         "lambda",
-        endpoint_url=f"{gateway_url()}/namespaces/{namespace}",
+        endpoint_url=f"{gateway or gateway_url()}/namespaces/{namespace}",
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.kube import apply, get, kubectl, lambda_client, wait_until
+from tests.e2e.kube import PLATFORM_NAMESPACE, apply, get, kubectl, lambda_client, wait_until
 from tests.e2e.test_runtimes import await_function, function, is_ready
 
 CODE = """
@@ -150,6 +151,96 @@ def test_reserved_concurrency_throttles_exactly_the_excess(lam: Any) -> None:
         outcomes = Counter(pool.map(call, range(10)))
     throttled = "TooManyRequestsException/ReservedFunctionConcurrentInvocationLimitExceeded"
     assert outcomes == {"ok": 2, throttled: 8}, outcomes
+
+
+def gateway_pod_clients(namespace: str) -> list[Any]:
+    """A boto3 client per ready gateway pod (by pod IP, past the Service's load balancing)."""
+    pods = json.loads(
+        kubectl(
+            "get",
+            "pods",
+            "-n",
+            PLATFORM_NAMESPACE,
+            "-o",
+            "json",
+            "-l",
+            "app.kubernetes.io/component=gateway",
+        )
+    )["items"]
+    ready = [
+        pod["status"]["podIP"]
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod["status"].get("conditions") or ()
+        )
+    ]
+    return [lambda_client(namespace, gateway=f"http://{ip}:8080") for ip in ready]
+
+
+def test_reserved_concurrency_is_exact_across_gateway_replicas(gateway_namespace: str) -> None:
+    """Half the calls go to each gateway pod: the cap still admits exactly 2 in all."""
+    clients = gateway_pod_clients(gateway_namespace)
+    assert len(clients) == 2, "the chart runs 2 gateway replicas"
+
+    def call(index: int) -> str:
+        try:
+            clients[index % 2].invoke(
+                FunctionName="capped", Payload=json.dumps({"action": "sleep", "seconds": 3})
+            )
+        except ClientError as error:
+            return f"{error.response['Error']['Code']}/{error.response.get('Reason')}"
+        return f"ok via {index % 2}"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = Counter(pool.map(call, range(10)))
+    throttled = "TooManyRequestsException/ReservedFunctionConcurrentInvocationLimitExceeded"
+    assert outcomes[throttled] == 8, outcomes
+    assert sum(count for outcome, count in outcomes.items() if outcome.startswith("ok")) == 2
+
+
+def test_gateway_rolling_restart_under_load_fails_no_request(lam: Any) -> None:
+    """Clients keep calling through the Service while both gateway pods are replaced one by
+    one: every call succeeds (the old pods drain, the Service moves to the new ones)."""
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def load(worker: int) -> None:
+        while not stop.is_set():
+            try:
+                response = lam.invoke(FunctionName="echo", Payload=json.dumps({"n": worker}))
+                outcome = "ok" if response["StatusCode"] == 200 else str(response["StatusCode"])
+            except Exception as error:  # every failure is counted and reported
+                outcome = f"{type(error).__name__}: {error}"[:200]
+            with lock:
+                outcomes[outcome] += 1
+
+    workers = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_until(lambda: outcomes["ok"] >= 50, 30, "calls flowing before the restart")
+        kubectl("rollout", "restart", "deployment/kubelambda-gateway", "-n", PLATFORM_NAMESPACE)
+        kubectl(
+            "rollout",
+            "status",
+            "deployment/kubelambda-gateway",
+            "-n",
+            PLATFORM_NAMESPACE,
+            "--timeout=180s",
+            timeout=200,
+        )
+        during = sum(outcomes.values())
+        wait_until(lambda: sum(outcomes.values()) >= during + 50, 30, "calls after the restart")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    failures = {outcome: n for outcome, n in outcomes.items() if outcome != "ok"}
+    assert not failures, f"{sum(failures.values())} of {sum(outcomes.values())} failed: {failures}"
+    print(f"\nrolling restart of the gateway under load: {outcomes['ok']} calls, none failed")
 
 
 def test_versions_aliases_and_qualifier_forms(lam: Any, gateway_namespace: str) -> None:

@@ -7,6 +7,11 @@ down. New function pods ``POST /v1/started`` when their runtimes are initialised
 waiting on a cold start long-poll ``GET /v1/started`` for those addresses, which arrive well
 before the pod's EndpointSlice lists it. ``GET /v1/state`` shows what the autoscaler believes,
 ``GET /metrics`` exports it.
+
+Reserved concurrency is counted here too, over every gateway (``leases``): a gateway invoking a
+function with a reserved cap first ``POST /v1/acquire``s a slot and ``POST /v1/release``s it
+afterwards; its reports list the slots it still holds, which frees those whose release was lost.
+Both are answered from memory at once: they sit on an invocation's path.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kubelambda.autoscaler.leases import (
+    ConcurrencyLeases,
+    FunctionKey,
+    held_from_json,
+    number_from_json,
+)
 from kubelambda.autoscaler.scaler import Autoscaler, ScaleAction, VersionKey, peaks_from_json
 from kubelambda.autoscaler.tokens import valid_announce_token
 
@@ -32,6 +43,8 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 MAX_REPORT_BYTES = 1 << 20  # about 10,000 versions per report
 MAX_POLL_S = 25.0
+# The one reason the autoscaler refuses a slot for (the gateway's 429 names it).
+RESERVED_LIMIT = "ReservedFunctionConcurrentInvocationLimitExceeded"
 
 Apply = Callable[[ScaleAction], Awaitable[bool]]
 """Makes a decision real; False when the version's Deployment is gone."""
@@ -65,8 +78,15 @@ class _StateCollector(Collector):
 
 
 class AutoscalerService:
-    def __init__(self, scaler: Autoscaler, apply: Apply, signing_key: str = "") -> None:
+    def __init__(
+        self,
+        scaler: Autoscaler,
+        apply: Apply,
+        signing_key: str = "",
+        leases: ConcurrencyLeases | None = None,
+    ) -> None:
         self.scaler = scaler
+        self.leases = leases or ConcurrencyLeases()
         self._apply = apply
         self.signing_key = signing_key
         """Key of the pods' announcement tokens; empty: announcements are refused."""
@@ -100,6 +120,8 @@ class AutoscalerService:
         app.router.add_post("/v1/report", self._report)
         app.router.add_post("/v1/wake", self._wake)
         app.router.add_post("/v1/started", self._started)
+        app.router.add_post("/v1/acquire", self._acquire)
+        app.router.add_post("/v1/release", self._release)
         app.router.add_get("/v1/started", self._poll_started)
         app.router.add_get("/v1/state", self._state)
         app.router.add_get("/metrics", self._metrics)
@@ -139,11 +161,40 @@ class AutoscalerService:
             if not isinstance(reporter, str) or not reporter:
                 raise ValueError("reporter must be a non-empty string")
             peaks = peaks_from_json(body.get("versions") or [])
+            # Optional: only gateways that acquire slots send it.
+            held = None if body.get("leases") is None else held_from_json(body["leases"])
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"malformed report: {exc}")
-        self.scaler.report(reporter, peaks, time.monotonic())
+        now = time.monotonic()
+        self.scaler.report(reporter, peaks, now)
+        self.leases.report(reporter, held, now)
         self._reports.inc()
         self.poke()
+        return web.Response(status=204)
+
+    async def _acquire(self, request: web.Request) -> web.Response:
+        """A slot of a function with a reserved cap (body: holder, lease, namespace, function,
+        reserved): ``{"granted": true}``, or false with the throttle reason."""
+        try:
+            body = await request.json()
+            holder, lease = _holder_and_lease(body)
+            function: FunctionKey = (body["namespace"], body["function"])
+            if not all(isinstance(part, str) and part for part in function):
+                raise ValueError("namespace and function must be non-empty strings")
+            reserved = number_from_json(body["reserved"], "reserved")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"malformed acquire: {exc}")
+        if self.leases.acquire(holder, lease, function, reserved, time.monotonic()):
+            return web.json_response({"granted": True})
+        return web.json_response({"granted": False, "reason": RESERVED_LIMIT})
+
+    async def _release(self, request: web.Request) -> web.Response:
+        """A slot's invocation ended (body: holder, lease)."""
+        try:
+            holder, lease = _holder_and_lease(await request.json())
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"malformed release: {exc}")
+        self.leases.release(holder, lease, time.monotonic())
         return web.Response(status=204)
 
     async def _wake(self, request: web.Request) -> web.Response:
@@ -215,10 +266,22 @@ class AutoscalerService:
         return web.json_response({"addresses": addresses})
 
     async def _state(self, _: web.Request) -> web.Response:
-        return web.json_response({"versions": self.scaler.snapshot(time.monotonic())})
+        now = time.monotonic()
+        reserved = [
+            {"namespace": key[0], "function": key[1], "held": held}
+            for key, held in sorted(self.leases.held(now).items())
+        ]
+        return web.json_response({"versions": self.scaler.snapshot(now), "reserved": reserved})
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
+
+
+def _holder_and_lease(body: Any) -> tuple[str, int]:
+    holder = body["holder"]
+    if not isinstance(holder, str) or not holder:
+        raise ValueError("holder must be a non-empty string")
+    return holder, number_from_json(body["lease"], "lease")
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -1,10 +1,12 @@
 """Concurrency caps, and the choice of a pod with a free slot.
 
-Two layers, both O(1)-ish per invocation and all in this process:
+Two layers, both O(1)-ish per invocation:
 
 ``ConcurrencyCounter`` admits an invocation against the function's reserved concurrency and the
-platform-wide limit, or names the throttle reason. It is a protocol because with several gateway
-replicas the counts must be shared (a later phase); ``LocalCounter`` counts this process only.
+platform-wide limit, or names the throttle reason. ``LocalCounter`` counts this process only;
+with several gateway replicas a reserved cap must hold over all of them, which takes a round trip
+to the autoscaler (``scaling.SharedCounter``). So an answer may be an awaitable, and only for
+functions with a reserved cap: the others are admitted here, in a few dict operations.
 
 ``Dispatcher`` hands out a pod address per version whose in-flight count is below the
 function's per-instance concurrency (the least loaded one). When every pod is busy, or none is
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from kubelambda.gateway.routing import Address, FunctionKey, VersionKey
@@ -26,21 +28,33 @@ from kubelambda.gateway.routing import Address, FunctionKey, VersionKey
 RESERVED_LIMIT = "ReservedFunctionConcurrentInvocationLimitExceeded"
 PLATFORM_LIMIT = "ConcurrentInvocationLimitExceeded"
 
+Slot = int
+"""An admitted invocation's hold on its count, given back to ``release``: ``LOCAL`` (counted in
+this process only) or the number of the autoscaler's lease."""
+LOCAL: Slot = 0
+
 
 class ConcurrencyCounter(Protocol):
-    def try_acquire(self, function: FunctionKey, reserved: int | None) -> str | None:
-        """Count one more invocation of ``function``; or the throttle reason, counting nothing."""
+    def try_acquire(
+        self, function: FunctionKey, reserved: int | None
+    ) -> Slot | str | Awaitable[Slot | str]:
+        """Count one more invocation of ``function``: its slot; or the throttle reason, counting
+        nothing; or, when the answer takes a round trip, an awaitable of one of those (awaited
+        at once: a slot it grants must be released)."""
 
-    def release(self, function: FunctionKey) -> None: ...
+    def release(self, function: FunctionKey, slot: Slot) -> None:
+        """Exactly once per slot, when its invocation ended."""
 
 
 class LocalCounter:
+    """Counts in this process only: the reserved caps and the platform limit hold per replica."""
+
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._total = 0
         self._per_function: dict[FunctionKey, int] = {}
 
-    def try_acquire(self, function: FunctionKey, reserved: int | None) -> str | None:
+    def try_acquire(self, function: FunctionKey, reserved: int | None) -> Slot | str:
         current = self._per_function.get(function, 0)
         if reserved is not None and current >= reserved:
             return RESERVED_LIMIT
@@ -48,9 +62,9 @@ class LocalCounter:
             return PLATFORM_LIMIT
         self._per_function[function] = current + 1
         self._total += 1
-        return None
+        return LOCAL
 
-    def release(self, function: FunctionKey) -> None:
+    def release(self, function: FunctionKey, slot: Slot = LOCAL) -> None:
         current = self._per_function[function] - 1
         if current:
             self._per_function[function] = current

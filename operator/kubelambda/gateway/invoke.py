@@ -14,10 +14,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable
 from urllib.parse import parse_qs, unquote
 
 from kubelambda.gateway.auth import AcceptAll, Authenticator
-from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, QueueFull
+from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, QueueFull, Slot
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.httpserver import Handler, HandlerResult, Request, Response, json_response
 from kubelambda.gateway.metrics import FUNCTION_ERROR, OK, SERVICE_ERROR, GatewayMetrics
@@ -56,6 +57,8 @@ RELAYED_HEADERS = frozenset(
 PASSED_HEADERS = (b"x-amz-log-type", b"x-amz-client-context", b"x-amzn-trace-id")
 
 RATE_EXCEEDED = "Rate Exceeded."
+# Between tries of a pod whose agent said all its slots were busy (first, most).
+_BUSY_BACKOFF_S = (0.005, 0.1)
 # Every pod busy and the wait queue full, or the wait timed out: scaling did not keep up.
 SCALING_LIMIT = "FunctionInvocationRateLimitExceeded"
 
@@ -205,15 +208,14 @@ class InvokeApi:
         request_id = caller_request_id(request) or new_request_id()
         if invocation_type == b"Event":
             return self._queue_event(request, target, request_id)
-        reason = self._counter.try_acquire(target.function_key, target.config.reserved)
-        if reason is not None:
-            self._metrics.throttled(target.function_key, reason)
-            return service_error(429, "TooManyRequestsException", RATE_EXCEEDED, request_id, reason)
+        admitted = self._counter.try_acquire(target.function_key, target.config.reserved)
+        if isinstance(admitted, str):
+            return self._throttled(target, admitted, request_id)
         headers = request.headers
         passed = b"".join(
             b"%s: %s\r\n" % (name, headers[name]) for name in PASSED_HEADERS if name in headers
         )
-        return self._call(target, request.body, passed, request_id)
+        return self._call(target, admitted, request.body, passed, request_id)
 
     async def invoke(
         self, target: Target, payload: bytes, request_id: str, passed: bytes = b""
@@ -222,13 +224,16 @@ class InvokeApi:
         concurrency caps, pod choice and waits of the Invoke API. Its answer as the Invoke API
         would give it, and the outcome (``metrics.OK``, ``FUNCTION_ERROR``, ``SERVICE_ERROR``).
         ``passed``: encoded header lines for the agent (``X-Amzn-Trace-Id``)."""
-        reason = self._counter.try_acquire(target.function_key, target.config.reserved)
-        if reason is not None:
-            self._metrics.throttled(target.function_key, reason)
-            return service_error(
-                429, "TooManyRequestsException", RATE_EXCEEDED, request_id, reason
-            ), SERVICE_ERROR
-        return await self._run(target, payload, passed, request_id)
+        admitted = self._counter.try_acquire(target.function_key, target.config.reserved)
+        if not isinstance(admitted, int | str):
+            admitted = await admitted
+        if isinstance(admitted, str):
+            return self._throttled(target, admitted, request_id), SERVICE_ERROR
+        return await self._run(target, payload, passed, request_id, admitted)
+
+    def _throttled(self, target: Target, reason: str, request_id: str) -> Response:
+        self._metrics.throttled(target.function_key, reason)
+        return service_error(429, "TooManyRequestsException", RATE_EXCEEDED, request_id, reason)
 
     def _queue_event(self, request: Request, target: Target, request_id: str) -> HandlerResult:
         if self._publisher is None:
@@ -265,22 +270,32 @@ class InvokeApi:
         return Response(202, b"x-amzn-RequestId: %s\r\n" % invocation.request_id.encode(), b"")
 
     async def _call(
-        self, target: Target, payload: bytes, passed: bytes, request_id: str
+        self,
+        target: Target,
+        admitted: Slot | Awaitable[Slot | str],
+        payload: bytes,
+        passed: bytes,
+        request_id: str,
     ) -> Response:
-        """A synchronous invocation that passed the concurrency caps (released here)."""
-        response, _ = await self._run(target, payload, passed, request_id)
+        """A synchronous invocation that passed the concurrency caps, or whose caps answer after
+        a round trip (a reserved cap shared by the gateway replicas)."""
+        slot = admitted if isinstance(admitted, int) else await admitted
+        if isinstance(slot, str):
+            return self._throttled(target, slot, request_id)
+        response, _ = await self._run(target, payload, passed, request_id, slot)
         return response
 
     async def _run(
-        self, target: Target, payload: bytes, passed: bytes, request_id: str
+        self, target: Target, payload: bytes, passed: bytes, request_id: str, slot: Slot
     ) -> tuple[Response, str]:
+        """Runs an admitted invocation and releases its ``slot``."""
         started = self._loop.time()
         outcome = SERVICE_ERROR
         try:
             response, outcome = await self._dispatch(target, payload, passed, request_id, started)
             return response, outcome
         finally:
-            self._counter.release(target.function_key)
+            self._counter.release(target.function_key, slot)
             self._metrics.invoked(target.key, outcome, self._loop.time() - started)
 
     async def _dispatch(
@@ -289,6 +304,7 @@ class InvokeApi:
         key = target.key
         per_instance = target.config.per_instance
         exclude: set[Address] = set()  # pods that refused this request: not delivered there
+        busy_backoff = _BUSY_BACKOFF_S[0]
         while True:
             address = self._dispatcher.try_acquire(key, per_instance, exclude)
             if address is None:
@@ -316,6 +332,14 @@ class InvokeApi:
                 self._dispatcher.release(key, address)
             if reply.status == 503:  # the agent is shutting down and did not take the request
                 exclude.add(address)
+                continue
+            if reply.status == 429 and self._loop.time() - started < (
+                target.timeout_s or target.config.timeout_s
+            ):
+                # Every slot of the pod was taken by another gateway replica (each counts only
+                # its own calls): the call was not started there. Wait as for a busy pod.
+                await asyncio.sleep(busy_backoff)
+                busy_backoff = min(busy_backoff * 2, _BUSY_BACKOFF_S[1])
                 continue
             return self._relay(reply, request_id)
 

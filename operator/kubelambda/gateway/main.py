@@ -24,16 +24,11 @@ from kubelambda.gateway.metrics import GatewayMetrics
 from kubelambda.gateway.publisher import AsyncPublisher
 from kubelambda.gateway.publisher_nats import NatsPublisher
 from kubelambda.gateway.routing import KINDS, RoutingTable, VersionKey
-from kubelambda.gateway.scaling import AutoscalerClient
+from kubelambda.gateway.scaling import AutoscalerClient, SharedCounter
 from kubelambda.gateway.upstream import UpstreamPool
 from kubelambda.gateway.waker import Waker
-from kubelambda.gateway.watch import (
-    RESOURCES,
-    HttpKubeApi,
-    KubeConnection,
-    ResourceWatch,
-    connection_from_env,
-)
+from kubelambda.gateway.watch import RESOURCES
+from kubelambda.kubeapi import HttpKubeApi, KubeConnection, ResourceWatch, connection_from_env
 
 log = logging.getLogger("kubelambda.gateway")
 
@@ -56,7 +51,11 @@ class Gateway:
     ) -> None:
         self.config = config
         self.table = table or RoutingTable(config.region)
-        self.counter = counter or LocalCounter(config.max_concurrency)
+        # Replaced in start() by a SharedCounter when there is an autoscaler to share with.
+        self.counter: ConcurrencyCounter = counter or LocalCounter(config.max_concurrency)
+        self._counter_given = counter is not None
+        self._shared: SharedCounter | None = None
+        self._leases_session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher(self.table.endpoints, config.queue_length)
         self.table.on_endpoints_changed = self.dispatcher.endpoints_changed
         self.metrics = GatewayMetrics(self.dispatcher.in_flight, self.dispatcher.queued)
@@ -91,12 +90,23 @@ class Gateway:
             self._autoscaler_session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True)
             )
+            if not self._counter_given:
+                # Reserved caps over every replica: a round trip on the invocation's path, so
+                # kept-alive connections (one to an operator gone fails within the acquire's
+                # timeout, and is closed).
+                self._leases_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector())
+                self._shared = SharedCounter(
+                    self.config.autoscaler_url, self._leases_session, self.config.max_concurrency
+                )
+                self.counter = self._shared
             self.autoscaler = AutoscalerClient(
                 self.config.autoscaler_url,
                 self.dispatcher.take_demand,
                 self._autoscaler_session,
                 table=self.table,
                 waiting=lambda key: bool(self.dispatcher.queued().get(key)),
+                reporter=None if self._shared is None else self._shared.holder,
+                leases=None if self._shared is None else self._shared.held_leases,
             )
             self._waker = self.autoscaler
             self._reporting = asyncio.get_running_loop().create_task(self.autoscaler.run())
@@ -141,6 +151,10 @@ class Gateway:
         while self._state.busy:
             await asyncio.sleep(_POLL_S)
         self._state.close_idle()
+        if self._shared is not None:
+            await self._shared.close()
+        if self._leases_session is not None:
+            await self._leases_session.close()
         assert self._http_api is not None
         assert self._session is not None
         if self.autoscaler is not None:

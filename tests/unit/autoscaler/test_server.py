@@ -67,6 +67,13 @@ def with_autoscaler(body: Callable[[Running], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+ACQUIRE = {"holder": "gw-1", "lease": 1, "namespace": "team", "function": "hello", "reserved": 2}
+
+
+def acquire(holder: str, lease: int, reserved: int = 2) -> dict[str, object]:
+    return {**ACQUIRE, "holder": holder, "lease": lease, "reserved": reserved}
+
+
 def announcement(**overrides: str) -> dict[str, str]:
     body = {
         "namespace": KEY[0],
@@ -120,7 +127,8 @@ def test_a_report_scales_up_without_waiting_for_the_tick() -> None:
                     "demand": 7,
                     "lastReason": "7 invocations in flight or waiting",
                 }
-            ]
+            ],
+            "reserved": [],
         }
 
     with_autoscaler(body)
@@ -137,6 +145,16 @@ def test_malformed_requests_get_400() -> None:
             ("/v1/wake", ["team", "hello"]),
             ("/v1/started", announcement(address="no-port")),
             ("/v1/started", {"namespace": "team"}),
+            ("/v1/report", {"reporter": "gw", "leases": {"held": [1]}}),
+            ("/v1/report", {"reporter": "gw", "leases": {"last": 2, "held": ["1"]}}),
+            ("/v1/acquire", {"holder": "gw", "lease": 1, "namespace": "team", "function": "f"}),
+            ("/v1/acquire", {**ACQUIRE, "holder": ""}),
+            ("/v1/acquire", {**ACQUIRE, "lease": -1}),
+            ("/v1/acquire", {**ACQUIRE, "reserved": "2"}),
+            ("/v1/acquire", {**ACQUIRE, "function": ""}),
+            ("/v1/acquire", [1, 2]),
+            ("/v1/release", {"holder": "gw"}),
+            ("/v1/release", {"holder": "gw", "lease": True}),
         ]:
             status, text = await running.post(path, payload)
             assert status == 400, (path, payload, text)
@@ -204,5 +222,36 @@ def test_metrics_show_replicas_and_demand() -> None:
             'kubelambda_autoscaler_desired_replicas{function="hello",namespace="team",'
             'version="$LATEST"} 3.0' in text
         )
+
+    with_autoscaler(body)
+
+
+def test_slots_of_a_reserved_cap_are_granted_released_and_reconciled() -> None:
+    granted = json.dumps({"granted": True})
+    refused = json.dumps(
+        {"granted": False, "reason": "ReservedFunctionConcurrentInvocationLimitExceeded"}
+    )
+
+    async def body(running: Running) -> None:
+        assert await running.post("/v1/acquire", acquire("gw-1", 1)) == (200, granted)
+        assert await running.post("/v1/acquire", acquire("gw-2", 1)) == (200, granted)
+        assert await running.post("/v1/acquire", acquire("gw-2", 2)) == (200, refused)
+        _, state = await running.get("/v1/state")
+        assert state == {
+            "versions": [],
+            "reserved": [{"namespace": "team", "function": "hello", "held": 2}],
+        }
+        assert await running.post("/v1/release", {"holder": "gw-1", "lease": 1}) == (204, "")
+        assert await running.post("/v1/acquire", acquire("gw-2", 3)) == (200, granted)
+        # gw-2's release of lease 1 got lost: its report no longer lists it. An older gateway's
+        # report (no leases) is still accepted and frees nothing.
+        assert (await running.post("/v1/report", {"reporter": "gw-2", "versions": []}))[0] == 204
+        _, state = await running.get("/v1/state")
+        assert state["reserved"] == [{"namespace": "team", "function": "hello", "held": 2}]
+        report = {"reporter": "gw-2", "versions": [], "leases": {"last": 3, "held": [3]}}
+        assert (await running.post("/v1/report", report))[0] == 204
+        _, state = await running.get("/v1/state")
+        assert state["reserved"] == [{"namespace": "team", "function": "hello", "held": 1}]
+        assert await running.post("/v1/acquire", acquire("gw-1", 2)) == (200, granted)
 
     with_autoscaler(body)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from kubelambda.gateway.concurrency import (
+    LOCAL,
     PLATFORM_LIMIT,
     RESERVED_LIMIT,
     Dispatcher,
@@ -22,10 +23,10 @@ A, B, C = ("10.0.0.1", 8080), ("10.0.0.2", 8080), ("10.0.0.3", 8080)
 
 def test_reserved_concurrency_caps_the_function():
     counter = LocalCounter(limit=100)
-    assert [counter.try_acquire(FN, 2) for _ in range(3)] == [None, None, RESERVED_LIMIT]
-    assert counter.try_acquire(OTHER, 2) is None  # per function
-    counter.release(FN)
-    assert counter.try_acquire(FN, 2) is None
+    assert [counter.try_acquire(FN, 2) for _ in range(3)] == [LOCAL, LOCAL, RESERVED_LIMIT]
+    assert counter.try_acquire(OTHER, 2) == LOCAL  # per function
+    counter.release(FN, LOCAL)
+    assert counter.try_acquire(FN, 2) == LOCAL
     assert counter.total == 3
 
 
@@ -37,12 +38,12 @@ def test_reserved_zero_always_throttles():
 
 def test_platform_limit():
     counter = LocalCounter(limit=2)
-    assert counter.try_acquire(FN, None) is None
-    assert counter.try_acquire(OTHER, None) is None
+    assert counter.try_acquire(FN, None) == LOCAL
+    assert counter.try_acquire(OTHER, None) == LOCAL
     assert counter.try_acquire(FN, None) == PLATFORM_LIMIT
     assert counter.try_acquire(FN, 1) == RESERVED_LIMIT  # the function's own cap is named first
     counter.release(OTHER)
-    assert counter.try_acquire(FN, None) is None
+    assert counter.try_acquire(FN, None) == LOCAL
     counter.release(FN)
     counter.release(FN)
     assert counter.total == 0
