@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubelambda.envconfig import ConfigError, env_int, env_number
 
-class ConfigError(ValueError):
-    """An environment variable holds something unusable."""
+# ConfigError is exported with load_config, which raises it, so callers import both from here.
+__all__ = ["ConfigError", "GatewayConfig", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -28,47 +29,21 @@ class GatewayConfig:
     autoscaler_url: str | None = None  # the operator's autoscaler; None: no demand reports
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {value}")
-    return value
-
-
 def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> GatewayConfig:
     prefix = "KUBELAMBDA_GATEWAY_"
     return GatewayConfig(
-        port=_int(env, prefix + "PORT", 8080, 0),
-        metrics_port=_int(env, prefix + "METRICS_PORT", 9090, 0),
+        port=env_int(env, prefix + "PORT", 8080, 0),
+        metrics_port=env_int(env, prefix + "METRICS_PORT", 9090, 0),
         default_namespace=env.get(prefix + "DEFAULT_NAMESPACE") or "default",
         default_api=env.get(prefix + "DEFAULT_API") or "default",
         api_domain=(env.get(prefix + "API_DOMAIN") or "").strip(".").lower() or None,
         region=env.get("AWS_REGION") or "us-east-1",
-        max_concurrency=_int(env, prefix + "MAX_CONCURRENCY", 1000, 1),
-        queue_length=_int(env, prefix + "QUEUE_LENGTH", 100, 0),
-        cold_start_s=_float(env, prefix + "COLD_START_SECONDS", 30.0),
-        timeout_grace_s=_float(env, prefix + "TIMEOUT_GRACE_SECONDS", 2.0),
-        max_connections=_int(env, prefix + "MAX_CONNECTIONS", 10000, 1),
-        drain_delay_s=_float(env, prefix + "DRAIN_DELAY_SECONDS", 0.0),
+        max_concurrency=env_int(env, prefix + "MAX_CONCURRENCY", 1000, 1),
+        queue_length=env_int(env, prefix + "QUEUE_LENGTH", 100, 0),
+        cold_start_s=env_number(env, prefix + "COLD_START_SECONDS", 30.0, 0.0),
+        timeout_grace_s=env_number(env, prefix + "TIMEOUT_GRACE_SECONDS", 2.0, 0.0),
+        max_connections=env_int(env, prefix + "MAX_CONNECTIONS", 10000, 1),
+        drain_delay_s=env_number(env, prefix + "DRAIN_DELAY_SECONDS", 0.0, 0.0),
         kubeconfig=kubeconfig or env.get("KUBECONFIG") or None,
         autoscaler_url=env.get("KUBELAMBDA_AUTOSCALER_URL") or None,
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubelambda.envconfig import ConfigError, env_int, env_number
 from kubelambda.invoker.jetstream import ConsumerSettings, StreamSettings
 
-
-class ConfigError(ValueError):
-    """An environment variable holds something unusable."""
+# ConfigError is exported with the loaders, which raise it, so callers (the gateway's NATS
+# publisher too) import it from here with them.
+__all__ = ["ConfigError", "InvokerConfig", "load_config", "load_stream_settings"]
 
 
 @dataclass(frozen=True)
@@ -35,64 +36,44 @@ class InvokerConfig:
     kubeconfig: str | None = None
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    value = _number(env, name, default, minimum)
-    if value != int(value):
-        raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}")
-    return int(value)
-
-
 def load_stream_settings(env: Mapping[str, str]) -> StreamSettings:
     """``KUBELAMBDA_NATS_*`` stream settings, shared by the invoker and the gateway."""
     n = "KUBELAMBDA_NATS_"
     return StreamSettings(
-        replicas=_int(env, n + "REPLICAS", 1, 1),
+        replicas=env_int(env, n + "REPLICAS", 1, 1),
         # Above the longest maximumEventAgeSeconds, so events expire in the DLQ, not the stream.
-        events_max_age_s=_number(env, n + "EVENTS_MAX_AGE_SECONDS", 86400.0, 21600.0 + 60.0),
-        events_max_bytes=_int(env, n + "EVENTS_MAX_BYTES", -1, -1),
-        dlq_max_age_s=_number(env, n + "DLQ_MAX_AGE_SECONDS", 14 * 86400.0, 60.0),
-        dlq_max_bytes=_int(env, n + "DLQ_MAX_BYTES", -1, -1),
+        events_max_age_s=env_number(env, n + "EVENTS_MAX_AGE_SECONDS", 86400.0, 21600.0 + 60.0),
+        events_max_bytes=env_int(env, n + "EVENTS_MAX_BYTES", -1, -1),
+        dlq_max_age_s=env_number(env, n + "DLQ_MAX_AGE_SECONDS", 14 * 86400.0, 60.0),
+        dlq_max_bytes=env_int(env, n + "DLQ_MAX_BYTES", -1, -1),
     )
 
 
 def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> InvokerConfig:
     p = "KUBELAMBDA_INVOKER_"
-    throttle_min = _number(env, p + "THROTTLE_MIN_SECONDS", 1.0, 0.001)
+    throttle_min = env_number(env, p + "THROTTLE_MIN_SECONDS", 1.0, 0.001)
     return InvokerConfig(
         nats_url=env.get("KUBELAMBDA_NATS_URL") or "nats://127.0.0.1:4222",
         gateway_url=(env.get(p + "GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/"),
-        admin_port=_int(env, p + "ADMIN_PORT", 8081, 0),
-        metrics_port=_int(env, p + "METRICS_PORT", 9090, 0),
+        admin_port=env_int(env, p + "ADMIN_PORT", 8081, 0),
+        metrics_port=env_int(env, p + "METRICS_PORT", 9090, 0),
         admin_token=env.get(p + "ADMIN_TOKEN") or None,
         region=env.get("AWS_REGION") or "us-east-1",
-        function_concurrency=_int(env, p + "FUNCTION_CONCURRENCY", 64, 1),
-        retry_base_s=_number(env, p + "RETRY_BASE_SECONDS", 60.0, 0.001),
+        function_concurrency=env_int(env, p + "FUNCTION_CONCURRENCY", 64, 1),
+        retry_base_s=env_number(env, p + "RETRY_BASE_SECONDS", 60.0, 0.001),
         throttle_min_s=throttle_min,
-        throttle_max_s=_number(env, p + "THROTTLE_MAX_SECONDS", 300.0, throttle_min),
-        invoke_grace_s=_number(env, p + "INVOKE_GRACE_SECONDS", 45.0, 0.0),
-        fetch_wait_s=_number(env, p + "FETCH_WAIT_SECONDS", 5.0, 0.1),
-        functions_refresh_s=_number(env, p + "FUNCTIONS_REFRESH_SECONDS", 10.0, 0.1),
-        sample_interval_s=_number(env, p + "SAMPLE_INTERVAL_SECONDS", 15.0, 0.1),
-        destination_timeout_s=_number(env, p + "DESTINATION_TIMEOUT_SECONDS", 10.0, 0.1),
-        shutdown_grace_s=_number(env, p + "SHUTDOWN_GRACE_SECONDS", 25.0, 0.0),
+        throttle_max_s=env_number(env, p + "THROTTLE_MAX_SECONDS", 300.0, throttle_min),
+        invoke_grace_s=env_number(env, p + "INVOKE_GRACE_SECONDS", 45.0, 0.0),
+        fetch_wait_s=env_number(env, p + "FETCH_WAIT_SECONDS", 5.0, 0.1),
+        functions_refresh_s=env_number(env, p + "FUNCTIONS_REFRESH_SECONDS", 10.0, 0.1),
+        sample_interval_s=env_number(env, p + "SAMPLE_INTERVAL_SECONDS", 15.0, 0.1),
+        destination_timeout_s=env_number(env, p + "DESTINATION_TIMEOUT_SECONDS", 10.0, 0.1),
+        shutdown_grace_s=env_number(env, p + "SHUTDOWN_GRACE_SECONDS", 25.0, 0.0),
         streams=load_stream_settings(env),
         consumers=ConsumerSettings(
-            ack_wait_s=_number(env, p + "ACK_WAIT_SECONDS", 30.0, 1.0),
-            max_ack_pending=_int(env, p + "MAX_ACK_PENDING", 10_000, 1),
-            inactive_threshold_s=_number(env, p + "CONSUMER_INACTIVE_SECONDS", 3600.0, 60.0),
+            ack_wait_s=env_number(env, p + "ACK_WAIT_SECONDS", 30.0, 1.0),
+            max_ack_pending=env_int(env, p + "MAX_ACK_PENDING", 10_000, 1),
+            inactive_threshold_s=env_number(env, p + "CONSUMER_INACTIVE_SECONDS", 3600.0, 60.0),
         ),
         kubeconfig=kubeconfig or env.get("KUBECONFIG") or None,
     )

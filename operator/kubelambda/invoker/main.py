@@ -19,7 +19,6 @@ import uvloop
 import yaml
 from pydantic import ValidationError
 
-from kubelambda.gateway.watch import HttpKubeApi, connection_from_env
 from kubelambda.invoker.admin import AdminApi
 from kubelambda.invoker.broker import BrokerError
 from kubelambda.invoker.config import ConfigError, InvokerConfig, load_config
@@ -34,6 +33,7 @@ from kubelambda.invoker.functions import (
 from kubelambda.invoker.jetstream import JetStreamBroker
 from kubelambda.invoker.metrics import InvokerMetrics
 from kubelambda.invoker.scheduler import Scheduler
+from kubelambda.kubeapi import HttpKubeApi, connection_from_env
 
 log = logging.getLogger("kubelambda.invoker")
 

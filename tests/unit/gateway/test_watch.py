@@ -1,10 +1,13 @@
-"""Watch loops against a scripted API: lists, events, bookmarks, 410 Gone, reconnects."""
+"""Watch loops feeding the routing table from a scripted API: lists, events, bookmarks, 410
+Gone, reconnects; and the HTTP client's kubeconfig and Secret reads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,11 +16,12 @@ import pytest
 
 from kubelambda.gateway.apiroutes import API_ROUTE
 from kubelambda.gateway.routing import ENDPOINT_SLICE, FUNCTION, RouteError, RoutingTable
-from kubelambda.gateway.watch import (
-    RESOURCES,
+from kubelambda.gateway.watch import RESOURCES
+from kubelambda.kubeapi import (
     ApiError,
     Gone,
     HttpKubeApi,
+    JsonObject,
     KubeConnection,
     ResourceWatch,
     WatchedResource,
@@ -269,17 +273,16 @@ def test_api_routes_are_watched_and_fed():
     assert api_table.match("GET", "/b") is not None
 
 
-def test_read_secret_through_the_api_server():
+@contextlib.contextmanager
+def api_server(answers: dict[str, tuple[int, bytes]]) -> Iterator[tuple[KubeConnection, list]]:
+    """A local HTTP server answering GETs by path (404 for others); yields a connection to it
+    (bearer token "t") and the (path, Authorization) of every request."""
     requests: list[tuple[str, str | None]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             requests.append((self.path, self.headers.get("Authorization")))
-            status, body = {
-                "/api/v1/namespaces/team/secrets/keys": (200, {"data": {"k": "a2V5"}}),
-                "/api/v1/namespaces/team/secrets/broken": (500, {"message": "oops"}),
-            }.get(self.path, (404, {"reason": "NotFound"}))
-            data = json.dumps(body).encode()
+            status, data = answers.get(self.path, (404, b'{"reason": "NotFound"}'))
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -292,9 +295,22 @@ def test_read_secret_through_the_api_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    connection = KubeConnection(f"http://127.0.0.1:{server.server_address[1]}", False, token="t")
+    try:
+        port = server.server_address[1]
+        yield KubeConnection(f"http://127.0.0.1:{port}", False, token="t"), requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
-    async def scenario() -> None:
+
+def test_read_secret_through_the_api_server():
+    answers = {
+        "/api/v1/namespaces/team/secrets/keys": (200, json.dumps({"data": {"k": "a2V5"}}).encode()),
+        "/api/v1/namespaces/team/secrets/broken": (500, b'{"message": "oops"}'),
+    }
+
+    async def scenario(connection: KubeConnection) -> None:
         async with aiohttp.ClientSession() as session:
             kube = HttpKubeApi(connection, session)
             assert await kube.read_secret("team", "keys") == {"k": "a2V5"}
@@ -302,10 +318,24 @@ def test_read_secret_through_the_api_server():
             with pytest.raises(ApiError):
                 await kube.read_secret("team", "broken")
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with api_server(answers) as (connection, requests):
+        asyncio.run(scenario(connection))
     assert requests[0] == ("/api/v1/namespaces/team/secrets/keys", "Bearer t")
+
+
+def test_watch_stream_through_the_api_server():
+    added = event("ADDED", function_obj("a", resource_version="7"))
+    stream = json.dumps(added).encode() + b"\n\n" + json.dumps(event("BOOKMARK", {})).encode()
+    answers = {"/fns?watch=true": (200, stream + b"\n"), "/gone?watch=true": (410, b"too old")}
+
+    async def scenario(connection: KubeConnection) -> list[JsonObject]:
+        async with aiohttp.ClientSession() as session:
+            kube = HttpKubeApi(connection, session)
+            with pytest.raises(ApiError) as gone:
+                async for _ in kube.watch("/gone", {"watch": "true"}):
+                    pass
+            assert gone.value.status == 410
+            return [e async for e in kube.watch("/fns", {"watch": "true"})]
+
+    with api_server(answers) as (connection, _):
+        assert asyncio.run(scenario(connection)) == [added, event("BOOKMARK", {})]

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
-from kubelambda.gateway.watch import ApiError, Gone
-from kubelambda.invoker.functions import FUNCTIONS_PATH, ApiDirectory
+from kubelambda.invoker.functions import FUNCTIONS, ApiDirectory
+from kubelambda.kubeapi import ApiError
 
 
 def fn(name: str, version: str, namespace: str = "ns", **spec: Any) -> dict[str, Any]:
@@ -39,7 +37,7 @@ class ScriptedApi:
     exhausted: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def list(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
-        assert path == FUNCTIONS_PATH
+        assert path == FUNCTIONS.path
         self.calls.append(("list", dict(params)))
         page = self.pages.pop(0)
         if isinstance(page, Exception):
@@ -47,7 +45,7 @@ class ScriptedApi:
         return page
 
     async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
-        assert path == FUNCTIONS_PATH
+        assert path == FUNCTIONS.path
         self.calls.append(("watch", dict(params)))
         if not self.watches:
             self.exhausted.set()
@@ -162,11 +160,3 @@ def test_unreadable_spec_keeps_the_last_known_settings() -> None:
     assert a.timeout_s == 30
     assert directory.get("ns", "b") is None
     assert changes == [1]
-
-
-def test_error_event_other_than_410_is_an_api_error() -> None:
-    directory = ApiDirectory(ScriptedApi())
-    with pytest.raises(ApiError):
-        directory.handle(event("ERROR", {"code": 500, "message": "boom"}))
-    with pytest.raises(Gone):
-        directory.handle(event("ERROR", {"code": 410}))
