@@ -3,8 +3,10 @@
 
     .venv/bin/python -m bench.async_throughput [--events 5000] [--concurrency 64]
 
-The noop Python function runs 2 instances with 4 runtimes each (so the function has free
-capacity); the client is aiohttp on this host, posting to the gateway's ClusterIP.
+The noop Python function runs 2 instances (fixed: no scale-up competes for the cores) with 4
+runtimes each (so the function has free capacity); the client is aiohttp on this host, posting
+to the gateway's ClusterIP. Everything shares 2 cores, so CPU time per event is reported too
+(from the pods' cgroups on this host, which is the node of the local cluster).
 
 - accepted/s: Event invocations answered 202 (the gateway answers only after JetStream's
   publish acknowledgement) with ``--concurrency`` in flight, while the invoker is scaled to 0
@@ -25,6 +27,7 @@ import asyncio
 import json
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,6 +46,8 @@ from bench.common import (
 
 NOOP = "def handler(event, context):\n    return None\n"
 INVOKER = "kubelambda-invoker"
+GATEWAY = "app.kubernetes.io/component=gateway"
+FUNCTION = "kubelambda.io/function=noop"
 COMPLETED = "kubelambda_invoker_events_completed_total"
 LATENCY = "kubelambda_invoker_queue_latency_seconds_bucket"
 
@@ -123,6 +128,16 @@ async def send_events(url: str, events: int, concurrency: int, spacing_s: float 
     return elapsed
 
 
+def pod_cpu_seconds(core: client.CoreV1Api, namespace: str, selector: str) -> float:
+    """CPU seconds used so far by the pods matching ``selector`` (cgroup v1 cpuacct on this
+    host, where the node runs: the local cluster)."""
+    total = 0.0
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        for path in Path("/sys/fs/cgroup/cpuacct/kubepods").glob(f"**/pod{pod.metadata.uid}"):
+            total += int((path / "cpuacct.usage").read_text()) / 1e9
+    return total
+
+
 def scale_invoker(apps: client.AppsV1Api, namespace: str, replicas: int) -> None:
     apps.patch_namespaced_deployment_scale(INVOKER, namespace, {"spec": {"replicas": replicas}})
 
@@ -148,7 +163,7 @@ def create_noop(custom: client.CustomObjectsApi, namespace: str) -> None:
             "handler": "app.handler",
             "code": {"inline": {"app.py": NOOP}},
             "concurrency": {"perInstance": 4},
-            "scaling": {"minInstances": 2},
+            "scaling": {"minInstances": 2, "maxInstances": 2},
         },
     }
     custom.create_namespaced_custom_object(
@@ -159,7 +174,7 @@ def create_noop(custom: client.CustomObjectsApi, namespace: str) -> None:
         fn: Any = custom.get_namespaced_custom_object(
             "kubelambda.io", "v1alpha1", namespace, "functions", "noop"
         )
-        return int((fn.get("status") or {}).get("readyReplicas") or 0) >= 2
+        return int(((fn.get("status") or {}).get("replicas") or {}).get("ready") or 0) >= 2
 
     wait_until(ready, 120, what="2 ready instances")
 
@@ -213,14 +228,33 @@ def main() -> None:
 
         scale_invoker(apps, platform, 0)
         wait_until(lambda: invoker_metrics_url(core, platform) is None, 60, what="invoker gone")
+        gateway_cpu = pod_cpu_seconds(core, platform, GATEWAY)
         accept_s = asyncio.run(send_events(url, args.events, args.concurrency))
+        gateway_cpu = pod_cpu_seconds(core, platform, GATEWAY) - gateway_cpu
         accepted_per_s = args.events / accept_s
-        print(f"accepted {args.events} events in {accept_s:.2f} s: {accepted_per_s:.0f}/s")
+        # The client shares the 2 cores: what one gateway core takes is events per CPU second.
+        accepted_per_cpu_s = args.events / gateway_cpu
+        print(
+            f"accepted {args.events} events in {accept_s:.2f} s: {accepted_per_s:.0f}/s;"
+            f" {accepted_per_cpu_s:.0f} per gateway CPU second"
+        )
 
         scale_invoker(apps, platform, 1)
         metrics_url = ready_invoker(core, platform)
+        parts = {
+            name: (platform, f"app.kubernetes.io/component={name}")
+            for name in ("gateway", "invoker", "queue")
+        } | {"function_pods": (namespace, FUNCTION)}
+        cpu_before = {name: pod_cpu_seconds(core, *where) for name, where in parts.items()}
         delivered_per_s = drain_rate(metrics_url, namespace, args.events)
-        print(f"delivered {args.events} events: {delivered_per_s:.0f}/s")
+        cpu_ms_per_event = {
+            name: round((pod_cpu_seconds(core, *where) - cpu_before[name]) * 1000 / args.events, 3)
+            for name, where in parts.items()
+        }
+        print(
+            f"delivered {args.events} events: {delivered_per_s:.0f}/s;"
+            f" CPU ms per event {cpu_ms_per_event}"
+        )
 
         before = latency_buckets(metrics_url)
         asyncio.run(send_events(url, 200, 1, spacing_s=0.02))
@@ -237,7 +271,9 @@ def main() -> None:
         "events": args.events,
         "concurrency": args.concurrency,
         "accepted_per_s": round(accepted_per_s),
+        "accepted_per_gateway_cpu_s": round(accepted_per_cpu_s),
         "delivered_per_s": round(delivered_per_s),
+        "delivery_cpu_ms_per_event": cpu_ms_per_event,
         "queue_to_start_ms": latency_ms,
         "targets": {"accepted_per_s": 2000, "delivered_per_s": 1000, "queue_to_start_p50_ms": 20},
     }
