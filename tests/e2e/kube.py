@@ -131,6 +131,26 @@ def gateway_url() -> str:
     return f"http://{service['spec']['clusterIP']}:8080"
 
 
+def gateway_metrics() -> list[str]:
+    """The metrics pages of every gateway pod (each replica counts its own requests)."""
+    pods = kubectl(
+        "get",
+        "pods",
+        "-n",
+        PLATFORM_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=gateway",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ).split()
+    return [
+        kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod}:9090/proxy/metrics"
+        )
+        for pod in pods
+    ]
+
+
 def lambda_client(
     namespace: str, read_timeout: float = 60, connections: int = 16, gateway: str | None = None
 ) -> Any:

@@ -304,7 +304,6 @@ class InvokeApi:
         key = target.key
         per_instance = target.config.per_instance
         exclude: set[Address] = set()  # pods that refused this request: not delivered there
-        busy_backoff = _BUSY_BACKOFF_S[0]
         while True:
             address = self._dispatcher.try_acquire(key, per_instance, exclude)
             if address is None:
@@ -314,6 +313,22 @@ class InvokeApi:
                 address = waited
             try:
                 reply = await self._send(address, payload, passed, target, request_id)
+                busy_backoff = _BUSY_BACKOFF_S[0]
+                while reply.status == 429 and self._loop.time() - started < (
+                    target.timeout_s or target.config.timeout_s
+                ):
+                    # Every slot of the pod was taken by calls of another gateway replica (each
+                    # counts only its own): not started there. Another pod with a free slot, else
+                    # this one again after a pause; the slot stays held meanwhile, so the call
+                    # counts as demand for the autoscaler, like any call waiting for an instance.
+                    other = self._dispatcher.try_acquire(key, per_instance, exclude | {address})
+                    if other is None:
+                        await asyncio.sleep(busy_backoff)
+                        busy_backoff = min(busy_backoff * 2, _BUSY_BACKOFF_S[1])
+                    else:
+                        self._dispatcher.release(key, address)
+                        address = other
+                    reply = await self._send(address, payload, passed, target, request_id)
             except NotDelivered as exc:
                 log.info("%s/%s: %s; trying another pod", target.namespace, target.function, exc)
                 exclude.add(address)
@@ -332,14 +347,6 @@ class InvokeApi:
                 self._dispatcher.release(key, address)
             if reply.status == 503:  # the agent is shutting down and did not take the request
                 exclude.add(address)
-                continue
-            if reply.status == 429 and self._loop.time() - started < (
-                target.timeout_s or target.config.timeout_s
-            ):
-                # Every slot of the pod was taken by another gateway replica (each counts only
-                # its own calls): the call was not started there. Wait as for a busy pod.
-                await asyncio.sleep(busy_backoff)
-                busy_backoff = min(busy_backoff * 2, _BUSY_BACKOFF_S[1])
                 continue
             return self._relay(reply, request_id)
 
