@@ -286,6 +286,16 @@ class RoutingTable:
         parsed = None if deleted else slice_endpoints(obj)
         if parsed is not None:
             self._slices[slice_key] = parsed
+        if old is not None:
+            # A pod a slice listed and no longer lists is gone, even if it was only ever
+            # "starting" there (deleted before the kubelet found it ready): never route to it.
+            listed = (
+                set() if parsed is None else {*parsed.ready, *parsed.starting, *parsed.terminating}
+            )
+            announced = self._announced.get(old.key)
+            if announced:
+                for address in {*old.ready, *old.starting, *old.terminating} - listed:
+                    announced.pop(address, None)
         for key in {entry.key for entry in (old, parsed) if entry is not None}:
             self._refresh_endpoints(key)
 

@@ -94,6 +94,17 @@ def test_a_terminating_pod_is_not_kept_by_its_announcement() -> None:
     assert table.endpoints(KEY) == ()
 
 
+def test_an_announced_pod_its_slice_stops_listing_is_gone() -> None:
+    """Deleted while still "starting" in its slice (scaled down before the kubelet found it
+    ready): the slice drops it without a terminating state; the announcement goes with it."""
+    table = RoutingTable()
+    table.announce(KEY, POD)
+    add(table, ENDPOINT_SLICE, slice_obj("fn", "$LATEST", [POD[0]], ready=False))
+    assert table.endpoints(KEY) == (POD,)
+    add(table, ENDPOINT_SLICE, slice_obj("fn", "$LATEST", []))
+    assert table.endpoints(KEY) == ()
+
+
 def test_an_announced_pod_no_slice_lists_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     table = RoutingTable()
     table.announce(KEY, POD)
