@@ -464,13 +464,3 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-
-
-# aiohttp's own answers to requests it cannot parse or route: plain text, not the APIs' JSON.
-AIOHTTP_PLAIN_ERRORS = {400, 404, 405, 413, 417, 431}  # 417: an Expect it does not know
-
-
-def is_aiohttp_plain_error(response: RawResponse) -> bool:
-    return response.status in AIOHTTP_PLAIN_ERRORS and (
-        response.header("content-type") or ""
-    ).startswith("text/plain")

@@ -12,6 +12,14 @@ connection; beyond ``DISCARD_CAP`` the connection is closed. Header names are lo
 bytes; a repeated header's values are comma-joined (as API Gateway passes them on), and kept
 one by one in ``repeated`` only when a name does repeat (payload format 1.0 lists them; most
 requests never pay for it).
+
+A client cannot hold a connection for nothing: a new connection must begin a request within
+``read_timeout``, a request's head must arrive within ``read_timeout`` of its first byte and
+its body within ``read_timeout`` of the head, and a kept-alive connection waits at most
+``idle_timeout`` for the next request. Past a deadline the connection closes once the
+requests before are answered; a stalled body first gets 408. The time a handler takes counts
+for neither. Deadlines are one number per connection, checked by a sweep over the connections
+(a timer object per request would cost more than the requests it guards).
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ log = logging.getLogger(__name__)
 HEAD_LIMIT = 64 * 1024
 DISCARD_CAP = 64 * 1024 * 1024
 PIPELINE_LIMIT = 16  # parsed requests queued per connection before reading pauses
+READ_TIMEOUT_S = 30.0
+# Above the 60 s idle timeout of the usual load balancers and proxies: they close pooled
+# connections first. The other way round, a request sent just as the gateway closes is lost.
+IDLE_TIMEOUT_S = 75.0
+# How often deadlines are checked: a timeout fires up to this late. Timeouts under 4 s (tests)
+# are checked every quarter of the shorter one instead.
+SWEEP_INTERVAL_S = 1.0
 
 # Function and backend responses may carry any status: every registered reason phrase.
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -49,6 +64,7 @@ def json_response(status: int, body: bytes, extra_headers: bytes = b"") -> Respo
 _BAD_REQUEST = json_response(400, b'{"message":"Bad Request"}')
 _HEAD_TOO_LARGE = json_response(431, b'{"message":"Request Header Fields Too Large"}')
 _BODY_TOO_LARGE = json_response(413, b'{"message":"Request Entity Too Large"}')
+_REQUEST_TIMEOUT = json_response(408, b'{"message":"Request Timeout"}')
 _INTERNAL = json_response(500, b'{"message":"Internal Server Error"}')
 
 
@@ -122,15 +138,30 @@ class _BodyOverCap(Exception):
 
 
 class ServerState:
-    """What all connections share: the handler, limits, and the set of pending tasks."""
+    """What all connections share: the handler, limits, timeouts, the set of pending tasks,
+    and the sweep that enforces the connections' deadlines."""
 
-    def __init__(self, handler: Handler, max_body: int, max_connections: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        max_body: int,
+        max_connections: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        read_timeout: float = READ_TIMEOUT_S,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.max_connections = max_connections
+        self.loop = loop
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
         self.connections: set[ServerConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self._sweep_interval = min(SWEEP_INTERVAL_S, read_timeout / 4, idle_timeout / 4)
+        self._sweeping: asyncio.TimerHandle | None = None
 
     @property
     def busy(self) -> int:
@@ -140,6 +171,21 @@ class ServerState:
     def close_idle(self) -> None:
         for conn in list(self.connections):
             conn.close_if_idle()
+
+    def add(self, conn: ServerConnection) -> None:
+        self.connections.add(conn)
+        if self._sweeping is None:
+            self._sweeping = self.loop.call_later(self._sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out the connections past their deadline; runs while there are connections
+        (re-armed first: a connection that fails to time out must not stop the others')."""
+        self._sweeping = (
+            self.loop.call_later(self._sweep_interval, self._sweep) if self.connections else None
+        )
+        now = self.loop.time()
+        for conn in [c for c in self.connections if 0 < c.deadline <= now]:
+            conn.time_out()
 
 
 class ServerConnection(asyncio.Protocol):
@@ -158,8 +204,12 @@ class ServerConnection(asyncio.Protocol):
         self._head_size = 0
         self._body: list[bytes] = []
         self._body_size = 0
-        self._request: Request | None = None
-        self._input_ended = False  # the client half-closed, or asked to switch protocols
+        self._request: Request | None = None  # its head is parsed, its body not yet
+        self._reading = False  # a request has begun and is not complete
+        self._input_ended = False  # the client half-closed, asked to switch protocols, or timed out
+        # Loop time by which the client must send what is awaited (the rest of a request, or the
+        # next one on an idle connection); 0 while nothing is awaited of it (a request in hand).
+        self.deadline = 0.0
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -169,7 +219,8 @@ class ServerConnection(asyncio.Protocol):
             return
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._state.connections.add(self)
+        self._state.add(self)
+        self._await_client(self._state.read_timeout)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
@@ -199,6 +250,8 @@ class ServerConnection(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._reading = True
+        self._await_client(self._state.read_timeout)
         self._url = b""
         self._head_request = False
         self._headers = {}
@@ -240,6 +293,7 @@ class ServerConnection(asyncio.Protocol):
         )
         request.keep_alive = self._parser.should_keep_alive()
         self._request = request
+        self._await_client(self._state.read_timeout)  # for the body
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and self._transport:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -258,13 +312,14 @@ class ServerConnection(asyncio.Protocol):
         request = self._request
         assert request is not None
         self._request = None
+        self._reading = False
+        self.deadline = 0.0  # a request in hand: the client waits for us now
         if not request.too_large and self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body = []
         self._queue.append(request)
-        if len(self._queue) >= PIPELINE_LIMIT and self._transport and not self._paused:
-            self._transport.pause_reading()
-            self._paused = True
+        if len(self._queue) >= PIPELINE_LIMIT:
+            self._pause_reading()
 
     # --- answering -------------------------------------------------------------------------
 
@@ -273,9 +328,7 @@ class ServerConnection(asyncio.Protocol):
         if self._head_request:  # the method was read before what broke: no body either
             response = response._replace(body=b"")
         self._queue.append(response)
-        if self._transport is not None and not self._paused:
-            self._transport.pause_reading()
-            self._paused = True
+        self._pause_reading()
 
     def _refuse_upgrade(self) -> None:
         """CONNECT or ``Upgrade``: what follows the request is another protocol, which is not
@@ -285,6 +338,9 @@ class ServerConnection(asyncio.Protocol):
             self._fail(_BAD_REQUEST)
             return
         self._input_ended = True
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
         if self._transport is not None and not self._paused:
             self._transport.pause_reading()
             self._paused = True
@@ -316,6 +372,16 @@ class ServerConnection(asyncio.Protocol):
         ):
             self._paused = False
             self._transport.resume_reading()
+            if self._reading:  # the rest of that request went unread meanwhile: a fresh wait
+                self._await_client(self._state.read_timeout)
+        if (
+            not self.deadline
+            and not self._handling
+            and not self._queue
+            and not self._input_ended
+            and self._transport is not None
+        ):
+            self._await_client(self._state.idle_timeout)  # all answered: wait for the next one
 
     async def _finish(self, request: Request, pending: Coroutine[Any, Any, Response]) -> None:
         try:
@@ -342,11 +408,49 @@ class ServerConnection(asyncio.Protocol):
         if self._transport is not None and not self._handling and not self._queue:
             self._transport.close()
 
+    # --- timeouts --------------------------------------------------------------------------
+
+    def _await_client(self, timeout: float) -> None:
+        self.deadline = self._state.loop.time() + timeout
+
+    def time_out(self) -> None:
+        """The client did not send what was awaited in time: nothing more is read from it.
+        A stalled body gets 408; either way the requests before are answered, then the
+        connection closes."""
+        self.deadline = 0.0
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._paused:
+            return  # gone or going, or not reading: then the wait is ours, not the client's
+        self._input_ended = True
+        if self._request is not None:
+            self._fail(_REQUEST_TIMEOUT)
+            self._process()
+        elif self._handling or self._queue:
+            self._pause_reading()  # the last answer closes the connection
+        else:
+            transport.close()
+
 
 async def serve(
-    handler: Handler, host: str, port: int, max_body: int, max_connections: int
+    handler: Handler,
+    host: str,
+    port: int,
+    max_body: int,
+    max_connections: int,
+    *,
+    read_timeout: float = READ_TIMEOUT_S,
+    idle_timeout: float = IDLE_TIMEOUT_S,
 ) -> tuple[asyncio.Server, ServerState]:
-    state = ServerState(handler, max_body, max_connections)
+    """``read_timeout``: for a request's head, then for its body; ``idle_timeout``: for the
+    next request on a kept-alive connection (seconds)."""
     loop = asyncio.get_running_loop()
+    state = ServerState(
+        handler,
+        max_body,
+        max_connections,
+        loop,
+        read_timeout=read_timeout,
+        idle_timeout=idle_timeout,
+    )
     server = await loop.create_server(lambda: ServerConnection(state), host, port, backlog=1024)
     return server, state

@@ -1,4 +1,9 @@
-"""The invoker's admin HTTP API: health, and the dead-letter queue (see the package docstring)."""
+"""The invoker's admin HTTP API: health, and the dead-letter queue (see the package docstring).
+
+Every error is ``{"message": ...}`` JSON, those aiohttp makes up too (see ``JsonApiServer``).
+The ``namespace`` and ``function`` filters must be names a Function can have: they become
+subject filters, where ``*`` or ``>`` would select every function (and purge them all).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,36 @@ import base64
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from kubelambda.api.base import DNS_LABEL_PATTERN, MAX_OBJECT_NAME
 from kubelambda.invoker.broker import Broker, BrokerError
 from kubelambda.invoker.event import DeadLetter
 from kubelambda.invoker.records import timestamp
+from kubelambda.jsonweb import JsonApiServer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_SEQUENCE = 2**64 - 1  # JetStream's sequences are uint64: past it, no dead letter is there
+MAX_NAMESPACE = 63  # a Kubernetes namespace name is a DNS-1123 label
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"message": message}), content_type="application/json"
+    )
 
 
 def summary(letter: DeadLetter) -> dict[str, Any]:
@@ -81,21 +97,18 @@ class AdminApi:
                 web.post("/dlq/{sequence:\\d+}/redrive", self.redrive_one),
             ]
         )
-        self._runner: web.AppRunner | None = None
+        self._server: JsonApiServer | None = None
         self.port = 0
 
     async def start(self, port: int, host: str = "0.0.0.0") -> int:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._server = JsonApiServer(self.app)
+        self.port = await self._server.start(host, port)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -121,10 +134,25 @@ class AdminApi:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "starting"}, status=503)
 
+    @classmethod
+    def _filters(cls, request: web.Request) -> tuple[str | None, str | None]:
+        """The ``namespace`` and ``function`` filters; None for one not given (or empty)."""
+        return (
+            cls._name_query(request, "namespace", "a namespace", MAX_NAMESPACE),
+            cls._name_query(request, "function", "a Function", MAX_OBJECT_NAME),
+        )
+
     @staticmethod
-    def _filters(request: web.Request) -> tuple[str | None, str | None]:
-        query = request.query
-        return query.get("namespace") or None, query.get("function") or None
+    def _name_query(request: web.Request, name: str, what: str, longest: int) -> str | None:
+        value = request.query.get(name)
+        if not value:
+            return None
+        if len(value) > longest or _DNS_LABEL.fullmatch(value) is None:
+            raise _bad_request(
+                f"{name} must be the name of {what}: lowercase letters, digits and '-',"
+                f" starting and ending with a letter or digit, at most {longest} characters"
+            )
+        return value
 
     @staticmethod
     def _int_query(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -132,10 +160,7 @@ class AdminApi:
         if not raw:
             return default
         if not (raw.isascii() and raw.isdigit()):  # "²" and "٣" are digits to isdigit()
-            raise web.HTTPBadRequest(
-                text=json.dumps({"message": f"{name} must be a non-negative integer"}),
-                content_type="application/json",
-            )
+            raise _bad_request(f"{name} must be a non-negative integer")
         return min(int(raw), maximum)
 
     async def list(self, request: web.Request) -> web.Response:

@@ -15,6 +15,10 @@ time handled (``kubelambda.invoker.scheduler``).
 Consumers: one durable pull consumer per function, ``<namespace>_<function>`` (neither may
 contain ``_``), filtered to the function's subject, explicit ack, unlimited redeliveries; unused
 ones are removed by the server after ``inactive_threshold``.
+
+A namespace or function name goes into a subject as exactly one literal token, or not at all
+(``InvalidSubjectToken``): ``*`` or ``>`` would turn a filter into a wildcard (a purge of one
+function into a purge of all), a ``.`` would shift the tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -73,6 +78,12 @@ SCHEDULES_BUCKET = "KUBELAMBDA_SCHEDULES"
 # schedule whose state went merely starts afresh (no catch-up fire after an invoker outage).
 SCHEDULE_STATE_MAX_AGE_S = 400 * 86400.0
 STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another config
+MSG_DELETE_FAILED = 10057  # JetStream: the store could not delete a message; why is in the text
+# ... of which these mean there is no such message: below the first sequence, past the last.
+_NO_SUCH_MESSAGE = frozenset({"no message found", "stream store EOF"})
+MAX_SEQUENCE = 2**64 - 1  # sequences are uint64: NATS refuses a request for one past it
+# One literal subject token: no separator, no wildcard character, no whitespace, not empty.
+_TOKEN = re.compile(r"[^.*>\s]+")
 _CONNECT_RETRY_S = 2.0
 
 # Errors of a request to JetStream that may pass: retried by the caller.
@@ -82,6 +93,23 @@ _TRANSIENT = (
     asyncio.TimeoutError,
     OSError,
 )
+
+
+class InvalidSubjectToken(ValueError):
+    """A namespace or function name that cannot be one literal subject token. A caller's
+    mistake, not the broker's: no ``BrokerError`` (those are retried)."""
+
+
+def _is_token(value: str) -> bool:
+    return _TOKEN.fullmatch(value) is not None
+
+
+def _check_tokens(*values: str) -> None:
+    for value in values:
+        if not _is_token(value):
+            raise InvalidSubjectToken(
+                f"{value!r} is not a valid subject token (no '.', '*', '>' or whitespace)"
+            )
 
 
 @dataclass(frozen=True)
@@ -279,12 +307,14 @@ class JetStreamBroker:
             raise BrokerError(f"publish: {exc}") from exc
 
     async def publish_event(self, event: Event, msg_id: str) -> bool:
+        _check_tokens(event.namespace, event.function)
         headers = event.headers()
         headers["Nats-Msg-Id"] = msg_id
         ack = await self._publish(event.subject, event.payload, headers)
         return not ack.duplicate
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        _check_tokens(letter.event.namespace, letter.event.function)
         # The same dead letter twice (a redelivered event failing again) is one.
         headers = letter.headers()
         headers["Nats-Msg-Id"] = f"{letter.event.request_id}.dlq.{letter.event.enqueued_ms}"
@@ -328,6 +358,7 @@ class JetStreamBroker:
     # --- consuming -------------------------------------------------------------------------
 
     async def consumer(self, namespace: str, function: str) -> JetStreamConsumer:
+        _check_tokens(namespace, function)
         name = f"{namespace}_{function}"
         c = self.consumers
         config = ConsumerConfig(
@@ -358,7 +389,9 @@ class JetStreamBroker:
         counts: dict[FunctionKey, int] = {}
         for subject, count in (info.state.subjects or {}).items():
             key = subject_key(subject)
-            if key is not None:
+            # JetStream stores what is published to "kubelambda.events.*.fn" as it is: no
+            # function's, and no key a caller could pass back (the tokens are refused).
+            if key is not None and _is_token(key[0]) and _is_token(key[1]):
                 counts[key] = counts.get(key, 0) + count
         return counts
 
@@ -369,6 +402,7 @@ class JetStreamBroker:
         return await self._subject_counts(DLQ_STREAM, DLQ_PREFIX)
 
     async def oldest_enqueued_ms(self, namespace: str, function: str) -> int | None:
+        _check_tokens(namespace, function)
         subject = event_subject(namespace, function)
         try:
             raw = await self._js.get_msg(EVENTS_STREAM, seq=1, subject=subject, next=True)
@@ -385,6 +419,7 @@ class JetStreamBroker:
 
     @staticmethod
     def _dlq_filter(namespace: str | None, function: str | None) -> str:
+        _check_tokens(*(name for name in (namespace, function) if name))
         if namespace and function:
             return dlq_subject(namespace, function)
         if namespace:
@@ -421,7 +456,7 @@ class JetStreamBroker:
         return letters
 
     async def dead_letter(self, sequence: int) -> DeadLetter | None:
-        if sequence < 1:
+        if not 1 <= sequence <= MAX_SEQUENCE:
             return None
         try:
             raw = await self._js.get_msg(DLQ_STREAM, seq=sequence)
@@ -434,10 +469,16 @@ class JetStreamBroker:
         return self._letter(raw)
 
     async def delete_dead_letter(self, sequence: int) -> bool:
+        if not 1 <= sequence <= MAX_SEQUENCE:
+            return False  # NATS answers 0 with a server error, as if the store had failed
         try:
             return bool(await self._js.delete_msg(DLQ_STREAM, sequence))
         except (nats.js.errors.NotFoundError, nats.js.errors.BadRequestError):
-            return False
+            return False  # a sequence within the stream's, deleted already
+        except nats.js.errors.ServerError as exc:
+            if exc.err_code == MSG_DELETE_FAILED and exc.description in _NO_SUCH_MESSAGE:
+                return False
+            raise BrokerError(f"delete dead letter {sequence}: {exc}") from exc
         except _TRANSIENT as exc:
             raise BrokerError(f"delete dead letter {sequence}: {exc}") from exc
 

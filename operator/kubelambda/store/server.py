@@ -1,14 +1,18 @@
-"""The code store's HTTP server (aiohttp: it is not on the invocation hot path)."""
+"""The code store's HTTP server (aiohttp: it is not on the invocation hot path).
+
+Every error it answers is ``{"message": ...}`` JSON, those aiohttp makes up too
+(``kubelambda.jsonweb``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
+import signal
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kubelambda.jsonweb import JsonApiServer
 from kubelambda.store.tokens import SHA256_RE, allows_read
 
 log = logging.getLogger(__name__)
@@ -208,11 +213,22 @@ def build_app(config: StoreConfig) -> web.Application:
     return app
 
 
+async def serve(config: StoreConfig) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    server = JsonApiServer(build_app(config))
+    await server.start(None, config.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format=json.dumps({"level": "%(levelname)s", "msg": "%(message)s"})
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    config = StoreConfig.from_env(os.environ)
-    with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(build_app(config), port=config.port, print=None, handle_signals=True)
+    asyncio.run(serve(StoreConfig.from_env(os.environ)))

@@ -86,6 +86,7 @@ def test_redrive_after_fixing_the_function(nats_server: NatsServer) -> None:
                     assert status == 200
                     assert body["payload"] == {"i": 0}
                     assert (await call("GET", "/dlq/999999", headers=AUTH))[0] == 404
+                    assert (await call("DELETE", "/dlq/999999", headers=AUTH))[0] == 404
 
                     # Delete one, redrive one by sequence, then the rest of the function.
                     fixed = True
@@ -110,6 +111,12 @@ def test_redrive_after_fixing_the_function(nats_server: NatsServer) -> None:
                     assert body["total"] == 1  # other's
 
                     assert (await call("POST", "/dlq/purge", headers=AUTH))[0] == 400
+                    # A wildcard is no namespace: it must not purge them all.
+                    status, body = await call("POST", "/dlq/purge?namespace=*", headers=AUTH)
+                    assert status == 400
+                    assert body["message"].startswith("namespace must be the name of a namespace")
+                    status, body = await call("GET", "/dlq/summary", headers=AUTH)
+                    assert body["total"] == 1
                     status, body = await call(
                         "POST", f"/dlq/purge?namespace={NAMESPACE}&function=other", headers=AUTH
                     )

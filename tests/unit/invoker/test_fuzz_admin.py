@@ -2,9 +2,10 @@
 JetStream, in this process).
 
 Dead letters of two functions. Whatever the request (malformed paths, sequences, filters,
-limits, tokens, framing), answers have documented statuses and ``{"message": ...}`` errors,
-nothing under ``/dlq`` answers or changes anything without the admin token, and the API logs
-no crash.
+limits, tokens, framing), answers have documented statuses and every error is a
+``{"message": ...}`` JSON one (those aiohttp makes up included: a request it cannot parse, an
+unknown path or method, an Expect it does not know), nothing under ``/dlq`` answers or changes
+anything without the admin token, and the API logs no crash.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from tests.unit.httpfuzz import (
     build_request,
     edited,
     exchange,
-    is_aiohttp_plain_error,
     methods,
     request,
 )
@@ -43,7 +43,8 @@ from tests.unit.httpfuzz import (
 from .conftest import NatsServer
 
 TOKEN = "admin-s3cret"
-DOCUMENTED = {200, 204, 400, 401, 404, 503}
+# 405 and 417: a method a path does not take, an Expect other than 100-continue.
+DOCUMENTED = {200, 204, 400, 401, 404, 405, 417, 503}
 DLQ_FIELDS = ("deadLetters", "functions", "redriven", "purged", "sequence")
 
 
@@ -165,14 +166,14 @@ def admin_requests(draw: st.DrawFn) -> tuple[Fuzzed, str | None]:
 
 
 def check_answer(response: RawResponse, authorized: bool, method: bytes) -> None:
-    if is_aiohttp_plain_error(response):
-        return
     assert response.status in DOCUMENTED, response
+    if response.status >= 400:
+        assert response.header("content-type") == "application/json; charset=utf-8", response
     if method == b"HEAD" or response.status == 204:
         assert authorized or response.status != 204, response
         return
     body: Any = response.json()
-    if response.status >= 400 and "message" in body:
+    if response.status >= 400:
         assert isinstance(body["message"], str), response
         return
     if not authorized:  # health checks only
@@ -226,3 +227,74 @@ def test_sequence_no_letter_can_have_is_not_found(admin: RunningAdmin, sequence:
         data = request(method, target, auth) + LAST_REQUEST
         response, _ = exchange(admin.admin.port, data, [method, b"GET"], 2, False)
         assert (response.status, response.json()) == (404, {"message": "no such dead letter"})
+
+
+@pytest.mark.parametrize("sequence", [10**9, 2**63, 2**64 - 1])
+def test_sequence_past_the_last_is_not_found(admin: RunningAdmin, sequence: int) -> None:
+    """Regression: deleting a sequence past the stream's last got a server error from NATS
+    (not "not found"), and the answer was a 503."""
+    auth = ((b"Authorization", f"Bearer {TOKEN}".encode()),)
+    data = request(b"DELETE", b"/dlq/%d" % sequence, auth) + LAST_REQUEST
+    response, _ = exchange(admin.admin.port, data, [b"DELETE", b"GET"], 2, False)
+    assert (response.status, response.json()) == (404, {"message": "no such dead letter"})
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        (b"namespace=*", "namespace"),
+        (b"namespace=%3E", "namespace"),
+        (b"namespace=team-a.fn", "namespace"),
+        (b"namespace=a%20b", "namespace"),
+        (b"namespace=Team-A", "namespace"),
+        (b"namespace=" + b"a" * 64, "namespace"),
+        (b"namespace=team-a&function=*", "function"),
+        (b"function=a.b", "function"),
+        (b"function=-fn", "function"),
+        (b"function=" + b"a" * 53, "function"),
+    ],
+)
+def test_filters_that_are_no_names_are_a_400(
+    admin: RunningAdmin, query: bytes, parameter: str
+) -> None:
+    """Regression: ``namespace=*`` went into the purge's subject filter as a wildcard and
+    purged the dead letters of every function."""
+    auth = ((b"Authorization", f"Bearer {TOKEN}".encode()),)
+    before = admin.dead_letter_count()
+    for method, path in ((b"POST", b"/dlq/purge"), (b"POST", b"/dlq/redrive"), (b"GET", b"/dlq")):
+        data = request(method, path + b"?" + query, auth) + LAST_REQUEST
+        response, _ = exchange(admin.admin.port, data, [method, b"GET"], 2, False)
+        assert response.status == 400, response
+        assert response.json()["message"].startswith(f"{parameter} must be the name of a")
+    assert admin.dead_letter_count() == before
+
+
+# What aiohttp answers itself, before (or instead of) the application's handlers.
+MADE_UP_ERRORS = {
+    "unknown path": (request(b"GET", b"/nowhere"), 404, "Not Found"),
+    "wrong method": (request(b"PUT", b"/healthz"), 405, "Method Not Allowed"),
+    "unknown expect": (
+        request(b"GET", b"/healthz", ((b"Expect", b"200-ok"),)),
+        417,
+        "Unknown Expect: 200-ok",
+    ),
+    "unparseable": (b"GARBAGE\r\n\r\n", 400, "Invalid method encountered"),
+    "header too long": (
+        request(b"GET", b"/healthz", ((b"X", b"x" * 9000),)),
+        400,
+        "Got more than 8190 bytes when reading",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MADE_UP_ERRORS)
+def test_errors_aiohttp_makes_up_are_json(admin: RunningAdmin, case: str) -> None:
+    """Regression: unknown paths and methods, an Expect it does not know and requests it could
+    not parse got aiohttp's text/plain answers, not the API's ``{"message": ...}``."""
+    data, status, message = MADE_UP_ERRORS[case]
+    response = exchange(admin.admin.port, data + LAST_REQUEST, [b"GET"] * 2, 2, False)[0]
+    assert response.status == status, response
+    assert response.header("content-type") == "application/json; charset=utf-8"
+    assert response.json()["message"].startswith(message), response
+    if status == 405:
+        assert response.header("allow") == "GET,HEAD"

@@ -1,9 +1,10 @@
 """Fuzzing the code store's HTTP API over raw sockets (the real aiohttp app, in this process).
 
 Two stored blobs; a read token for the first. Whatever the request (malformed paths, digests,
-tokens, bodies, framing), answers have documented statuses and ``{"message": ...}`` errors,
-nothing but the upload token writes, lists or deletes, a read token reads its own blob only,
-and the store logs no crash.
+tokens, bodies, framing), answers have documented statuses and every error is a
+``{"message": ...}`` JSON one (those aiohttp makes up included: a request it cannot parse, an
+unknown path or method, an Expect it does not know), nothing but the upload token writes,
+lists or deletes, a read token reads its own blob only, and the store logs no crash.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
-from kubelambda.store.server import StoreConfig, build_app
+from kubelambda.store.server import JsonApiServer, StoreConfig, build_app
 from kubelambda.store.tokens import read_token
 from tests.unit.httpfuzz import (
     EDITS,
@@ -35,7 +35,6 @@ from tests.unit.httpfuzz import (
     build_request,
     edited,
     exchange,
-    is_aiohttp_plain_error,
     methods,
     request,
 )
@@ -54,22 +53,16 @@ def zip_bytes(name: str) -> bytes:
 
 BLOBS = {name: zip_bytes(name) for name in ("mine", "other")}
 SHAS = {name: hashlib.sha256(data).hexdigest() for name, data in BLOBS.items()}
-DOCUMENTED = {200, 201, 204, 400, 401, 404, 413}
+# 405 and 417: a method a path does not take, an Expect other than 100-continue.
+DOCUMENTED = {200, 201, 204, 400, 401, 404, 405, 413, 417}
 
 
 class RunningStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.thread = LoopThread()
-        config = StoreConfig(root, 0, UPLOAD, SIGNING, LIMIT)
-        self.runner = web.AppRunner(build_app(config), access_log=None)
-        self.port = self.thread.run(self._start())
-
-    async def _start(self) -> int:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self.runner.addresses[0][1])
+        self.server = JsonApiServer(build_app(StoreConfig(root, 0, UPLOAD, SIGNING, LIMIT)))
+        self.port = self.thread.run(self.server.start("127.0.0.1", 0))
 
     def blob_path(self, name: str) -> Path:
         return self.root / "blobs" / SHAS[name][:2] / SHAS[name]
@@ -85,7 +78,7 @@ class RunningStore:
         assert response.status in (200, 201), response
 
     def stop(self) -> None:
-        self.thread.run(self.runner.cleanup())
+        self.thread.run(self.server.stop())
         self.thread.stop()
 
 
@@ -150,11 +143,10 @@ def store_requests(draw: st.DrawFn) -> tuple[Fuzzed, str | None]:
 
 
 def check_answer(response: RawResponse, authorization: str | None, method: bytes) -> None:
-    if is_aiohttp_plain_error(response):
-        return
     assert response.status in DOCUMENTED, response
     admin = authorization in (f"Bearer {UPLOAD}", f"bearer {UPLOAD}", f"Bearer  {UPLOAD} ")
     if response.status >= 400:
+        assert response.header("content-type") == "application/json; charset=utf-8", response
         if method != b"HEAD":
             assert isinstance(response.json()["message"], str), response
         return
@@ -203,3 +195,29 @@ def test_non_ascii_token_is_refused_not_a_crash(
         response, _ = exchange(store.port, data, [method, b"GET"], half_close=False)
         assert response.status == 401, response
     assert crash_log.take() == []
+
+
+# What aiohttp answers itself, before (or instead of) the store's handlers.
+MADE_UP_ERRORS = {
+    "unknown path": (request(b"GET", b"/v2/blobs"), 404, "Not Found"),
+    "wrong method": (request(b"PATCH", b"/v1/blobs"), 405, "Method Not Allowed"),
+    "unknown expect": (
+        request(b"PUT", b"/v1/blobs/" + SHAS["mine"].encode(), ((b"Expect", b"200-ok"),)),
+        417,
+        "Unknown Expect: 200-ok",
+    ),
+    "unparseable": (b"GET /v1/blobs HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400, "Invalid"),
+}
+
+
+@pytest.mark.parametrize("case", MADE_UP_ERRORS)
+def test_errors_aiohttp_makes_up_are_json(store: RunningStore, case: str) -> None:
+    """Regression: unknown paths and methods, an Expect it does not know and requests it could
+    not parse got aiohttp's text/plain answers, not the store's ``{"message": ...}``."""
+    data, status, message = MADE_UP_ERRORS[case]
+    response = exchange(store.port, data + LAST_REQUEST, [b"GET"] * 2, half_close=False)[0]
+    assert response.status == status, response
+    assert response.header("content-type") == "application/json; charset=utf-8"
+    assert response.json()["message"].startswith(message), response
+    if status == 405:
+        assert response.header("allow") == "GET,HEAD,POST"

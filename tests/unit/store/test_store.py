@@ -154,3 +154,17 @@ def test_missing_blob_and_delete(store: Store) -> None:
     assert store.call("DELETE", f"/v1/blobs/{sha}", token=read_token(SIGNING, sha)).status == 401
     assert store.call("DELETE", f"/v1/blobs/{sha}").status == 204
     assert store.call("GET", f"/v1/blobs/{sha}").status == 404
+
+
+def test_every_error_is_json(store: Store) -> None:
+    """Those aiohttp makes up too: an unknown path or method, a request it cannot parse."""
+    for method, path, status in (("GET", "/nowhere", 404), ("PATCH", "/v1/blobs", 405)):
+        reply = store.call(method, path)
+        assert reply.status == status
+        assert isinstance(reply.json()["message"], str)
+    with socket.create_connection(("127.0.0.1", store.port), timeout=10) as conn:
+        conn.sendall(b"GARBAGE\r\n\r\n")
+        head, _, body = conn.makefile("rb").read().partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"message": "Invalid method encountered"}
