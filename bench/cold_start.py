@@ -107,6 +107,7 @@ class PodTimes:
                 if step == "pod_created" and t >= started
             ]
             if len(pods) != 1:
+                print(f"new pods: {pods}", flush=True)
                 return None
             pod = pods[0]
             ip = next((who for (who, step) in self.first if step == "ip_of:" + pod), "")

@@ -40,6 +40,7 @@ class ScaledVersion:
 class _Report:
     received: float
     peaks: dict[VersionKey, int] = field(default_factory=dict)
+    current: dict[VersionKey, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,18 @@ class Autoscaler:
 
     # --- inputs --------------------------------------------------------------------------
 
-    def report(self, reporter: str, peaks: Mapping[VersionKey, int], now: float) -> None:
+    def report(
+        self,
+        reporter: str,
+        peaks: Mapping[VersionKey, int],
+        now: float,
+        current: Mapping[VersionKey, int] | None = None,
+    ) -> None:
         """A gateway's demand per version: the peak of in-flight plus waiting invocations over
-        its last interval (versions without demand are left out)."""
-        self._reports[reporter] = _Report(now, {k: v for k, v in peaks.items() if v > 0})
+        its last interval (versions without demand are left out), and their number when it
+        reported (``current``; a version missing there counts its peak)."""
+        kept = {k: v for k, v in peaks.items() if v > 0}
+        self._reports[reporter] = _Report(now, kept, {k: v for k, v in (current or kept).items()})
 
     def wake(self, key: VersionKey, now: float) -> bool:
         """A request waits for an instance of ``key``; True when none is asked for yet."""
@@ -100,14 +109,23 @@ class Autoscaler:
     # --- output --------------------------------------------------------------------------
 
     def demand(self, now: float) -> dict[VersionKey, int]:
-        """Invocations in flight or waiting per version, summed over live reporters."""
+        """Invocations in flight or waiting per version over live reporters: the larger of the
+        sum of their current counts and the highest single peak.
+
+        Peaks are not summed: sequential calls spread over two gateways peak at 1 on each in
+        the same second, yet never run together. The sum of current counts sees concurrency
+        spread over gateways; the highest peak sees a burst shorter than a report interval."""
         total: dict[VersionKey, int] = {}
+        summed: dict[VersionKey, int] = {}
         for reporter, report in list(self._reports.items()):
             if now - report.received > REPORT_TTL_S:
                 del self._reports[reporter]
                 continue
             for key, peak in report.peaks.items():
-                total[key] = total.get(key, 0) + peak
+                total[key] = max(total.get(key, 0), peak)
+                summed[key] = summed.get(key, 0) + report.current.get(key, peak)
+        for key, count in summed.items():
+            total[key] = max(total[key], count)
         for key, woken in list(self._woken.items()):
             if now - woken > WAKE_HOLD_S:
                 del self._woken[key]
@@ -156,9 +174,11 @@ class Autoscaler:
         ]
 
 
-def peaks_from_json(entries: Iterable[Any]) -> dict[VersionKey, int]:
-    """The ``versions`` list of a report; raises ValueError on a malformed entry."""
+def peaks_from_json(entries: Iterable[Any]) -> tuple[dict[VersionKey, int], dict[VersionKey, int]]:
+    """The ``versions`` list of a report: peaks, and current counts (``now``, optional); raises
+    ValueError on a malformed entry."""
     peaks: dict[VersionKey, int] = {}
+    current: dict[VersionKey, int] = {}
     for entry in entries:
         if not isinstance(entry, dict):
             raise ValueError("each version must be an object")
@@ -170,4 +190,8 @@ def peaks_from_json(entries: Iterable[Any]) -> dict[VersionKey, int]:
             raise ValueError("peak must be a non-negative integer")
         key = (str(namespace), str(function), str(version))
         peaks[key] = peaks.get(key, 0) + peak
-    return peaks
+        count = entry.get("now", peak)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= peak:
+            raise ValueError("now must be an integer from 0 to the peak")
+        current[key] = current.get(key, 0) + count
+    return peaks, current

@@ -160,13 +160,13 @@ class AutoscalerService:
             reporter = body["reporter"]
             if not isinstance(reporter, str) or not reporter:
                 raise ValueError("reporter must be a non-empty string")
-            peaks = peaks_from_json(body.get("versions") or [])
+            peaks, current = peaks_from_json(body.get("versions") or [])
             # Optional: only gateways that acquire slots send it.
             held = None if body.get("leases") is None else held_from_json(body["leases"])
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"malformed report: {exc}")
         now = time.monotonic()
-        self.scaler.report(reporter, peaks, now)
+        self.scaler.report(reporter, peaks, now, current)
         self.leases.report(reporter, held, now)
         self._reports.inc()
         self.poke()

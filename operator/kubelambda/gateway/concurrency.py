@@ -120,6 +120,14 @@ class Dispatcher:
         """Invocations waiting for a pod, per function version (with at least one)."""
         return {key: len(pool.waiters) for key, pool in self._pools.items() if pool.waiters}
 
+    def demand_now(self) -> dict[VersionKey, int]:
+        """Running plus waiting invocations per version now (versions with none left out)."""
+        return {
+            key: pool.total + len(pool.waiters)
+            for key, pool in self._pools.items()
+            if pool.total or pool.waiters
+        }
+
     def take_demand(self) -> dict[VersionKey, int]:
         """Peak of running plus waiting invocations per version since the last call (versions
         with none are left out); the peaks restart from the current counts."""

@@ -107,6 +107,7 @@ class Gateway:
                 waiting=lambda key: bool(self.dispatcher.queued().get(key)),
                 reporter=None if self._shared is None else self._shared.holder,
                 leases=None if self._shared is None else self._shared.held_leases,
+                demand_now=self.dispatcher.demand_now,
             )
             self._waker = self.autoscaler
             self._reporting = asyncio.get_running_loop().create_task(self.autoscaler.run())

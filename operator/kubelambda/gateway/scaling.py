@@ -62,11 +62,14 @@ class AutoscalerClient:
         waiting: Callable[[VersionKey], bool],
         reporter: str | None = None,
         leases: Callable[[], Mapping[str, object]] | None = None,
+        demand_now: Callable[[], dict[VersionKey, int]] = dict,
     ) -> None:
         """``leases``: this gateway's account of its reserved slots, sent with each report
-        (``SharedCounter.held_leases``; its reporter must be the counter's holder)."""
+        (``SharedCounter.held_leases``; its reporter must be the counter's holder).
+        ``demand_now``: running plus waiting invocations at the moment of a report."""
         self._url = url.rstrip("/")
         self._take_demand = take_demand
+        self._demand_now = demand_now
         self._leases = leases
         self._session = session
         self._table = table
@@ -145,8 +148,15 @@ class AutoscalerClient:
                 log.exception("demand report failed")
 
     async def report(self) -> None:
+        current = self._demand_now()
         versions = [
-            {"namespace": key[0], "function": key[1], "version": key[2], "peak": peak}
+            {
+                "namespace": key[0],
+                "function": key[1],
+                "version": key[2],
+                "peak": peak,
+                "now": min(current.get(key, 0), peak),
+            }
             for key, peak in self._take_demand().items()
         ]
         body: dict[str, object] = {"reporter": self.reporter, "versions": versions}

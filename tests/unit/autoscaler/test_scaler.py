@@ -29,6 +29,27 @@ def test_demand_is_summed_over_live_reporters() -> None:
     assert scaler.demand(12) == {}
 
 
+@pytest.mark.parametrize(
+    ("reports", "demand"),
+    [
+        # Sequential calls alternating between two gateways: each peaks at 1, none runs now.
+        ([(1, 0), (1, 0)], 1),
+        ([(1, 1), (1, 0)], 1),
+        # Concurrency spread over gateways, still running at their reports: summed.
+        ([(25, 25), (25, 24)], 49),
+        # A burst on one gateway that ended before its report: its peak.
+        ([(6, 0), (1, 1)], 6),
+    ],
+)
+def test_demand_is_the_larger_of_summed_current_counts_and_the_highest_peak(
+    reports: list[tuple[int, int]], demand: int
+) -> None:
+    scaler = Autoscaler()
+    for index, (peak, current) in enumerate(reports):
+        scaler.report(f"gw-{index}", {KEY: peak}, now=10, current={KEY: current})
+    assert scaler.demand(10.5) == {KEY: demand}
+
+
 def test_a_wake_up_counts_as_one_waiting_invocation_for_a_while() -> None:
     scaler = Autoscaler()
     scaler.observe(KEY, ScalingPolicy(), replicas=0, ready=0)
@@ -96,7 +117,11 @@ def test_report_entries_are_validated() -> None:
         {"namespace": "a", "function": "f", "version": "1", "peak": 2},
         {"namespace": "a", "function": "f", "version": "1", "peak": 3},
     ]
-    assert peaks_from_json(entries) == {("a", "f", "1"): 5}
+    assert peaks_from_json(entries) == ({("a", "f", "1"): 5}, {("a", "f", "1"): 5})
+    now = [{"namespace": "a", "function": "f", "version": "1", "peak": 4, "now": 1}]
+    assert peaks_from_json(now) == ({("a", "f", "1"): 4}, {("a", "f", "1"): 1})
+    with pytest.raises(ValueError, match="now must be"):
+        peaks_from_json([{**now[0], "now": 5}])
 
 
 @pytest.mark.parametrize(

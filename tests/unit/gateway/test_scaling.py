@@ -182,6 +182,7 @@ def test_client_reports_wakes_once_a_second_and_routes_announced_pods() -> None:
                 table=table,
                 waiting=lambda key: key in waiting,
                 reporter="gw-test",
+                demand_now=lambda: {KEY: 3},
             )
             client.wake(*KEY)
             client.wake(*KEY)  # deduplicated
@@ -204,7 +205,13 @@ def test_client_reports_wakes_once_a_second_and_routes_announced_pods() -> None:
             {
                 "reporter": "gw-test",
                 "versions": [
-                    {"namespace": "default", "function": "fn", "version": "$LATEST", "peak": 4}
+                    {
+                        "namespace": "default",
+                        "function": "fn",
+                        "version": "$LATEST",
+                        "peak": 4,
+                        "now": 3,
+                    }
                 ],
             }
         ]
