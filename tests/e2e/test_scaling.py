@@ -129,13 +129,14 @@ def test_fifty_slow_calls_with_reserved_ten_get_ten_pods_and_forty_throttles(
         scaling_namespace,
     )
     await_function(scaling_namespace, "burst")
-    peak_ready = 0
+    peak_desired = peak_ready = 0
     done = threading.Event()
 
     def watch_ready() -> None:
-        nonlocal peak_ready
+        nonlocal peak_desired, peak_ready
         while not done.is_set():
-            peak_ready = max(peak_ready, replicas(scaling_namespace, "burst")[1])
+            desired, ready = replicas(scaling_namespace, "burst")
+            peak_desired, peak_ready = max(peak_desired, desired), max(peak_ready, ready)
             time.sleep(0.5)
 
     def one(_: int) -> str:
@@ -155,7 +156,9 @@ def test_fifty_slow_calls_with_reserved_ten_get_ten_pods_and_forty_throttles(
     assert outcomes["ok"] == 10, outcomes
     reserved = "TooManyRequestsException/ReservedFunctionConcurrentInvocationLimitExceeded"
     assert outcomes[reserved] == 40, outcomes
-    assert replicas(scaling_namespace, "burst")[0] == 10
+    # The earliest calls end seconds before the last (their pods started one after another):
+    # scale-down may have begun by now, so the peaks during the burst are what counts.
+    assert peak_desired == 10
     assert peak_ready == 10
     # And back down once idle: to zero after idleSeconds without demand.
     wait_until(
@@ -222,8 +225,9 @@ def test_no_call_fails_across_scale_down_and_back(lam: Any, scaling_namespace: s
             try:
                 call(lam, "waves", {"sleep": rng.choice([0, 0.2, 1])})
             except (ClientError, AssertionError) as error:
+                reason = error.response.get("Reason") if isinstance(error, ClientError) else ""
                 with lock:
-                    failures.append(f"wave {wave}: {error!r}")
+                    failures.append(f"wave {wave}: {error!r} {reason}")
             else:
                 with lock:
                     successes += 1

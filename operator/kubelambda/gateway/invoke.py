@@ -314,9 +314,11 @@ class InvokeApi:
             try:
                 reply = await self._send(address, payload, passed, target, request_id)
                 busy_backoff = _BUSY_BACKOFF_S[0]
-                while reply.status == 429 and self._loop.time() - started < (
-                    target.timeout_s or target.config.timeout_s
-                ):
+                # As long as a call waits for a new instance: the autoscaler is adding one.
+                busy_limit = max(
+                    target.timeout_s or target.config.timeout_s, self._config.cold_start_s
+                )
+                while reply.status == 429 and self._loop.time() - started < busy_limit:
                     # Every slot of the pod was taken by calls of another gateway replica (each
                     # counts only its own): not started there. Another pod with a free slot, else
                     # this one again after a pause; the slot stays held meanwhile, so the call
