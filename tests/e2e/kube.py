@@ -131,23 +131,23 @@ def gateway_url() -> str:
     return f"http://{service['spec']['clusterIP']}:8080"
 
 
+def platform_pods(component: str) -> list[dict[str, Any]]:
+    """The platform's pods of one component (gateway, invoker, queue, operator, store)."""
+    selector = f"app.kubernetes.io/component={component}"
+    listed = kubectl("get", "pods", "-n", PLATFORM_NAMESPACE, "-l", selector, "-o", "json")
+    return json.loads(listed)["items"]  # type: ignore[no-any-return]
+
+
 def gateway_metrics() -> list[str]:
     """The metrics pages of every gateway pod (each replica counts its own requests)."""
-    pods = kubectl(
-        "get",
-        "pods",
-        "-n",
-        PLATFORM_NAMESPACE,
-        "-l",
-        "app.kubernetes.io/component=gateway",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ).split()
     return [
         kubectl(
-            "get", "--raw", f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod}:9090/proxy/metrics"
+            "get",
+            "--raw",
+            f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod['metadata']['name']}:9090"
+            "/proxy/metrics",
         )
-        for pod in pods
+        for pod in platform_pods("gateway")
     ]
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.kube import PLATFORM_NAMESPACE, apply, get, kubectl, lambda_client, wait_until
+from tests.e2e.kube import (
+    PLATFORM_NAMESPACE,
+    apply,
+    get,
+    kubectl,
+    lambda_client,
+    platform_pods,
+    wait_until,
+)
 from tests.e2e.test_runtimes import await_function, function, is_ready
 
 CODE = """
@@ -155,21 +163,9 @@ def test_reserved_concurrency_throttles_exactly_the_excess(lam: Any) -> None:
 
 def gateway_pod_clients(namespace: str) -> list[Any]:
     """A boto3 client per ready gateway pod (by pod IP, past the Service's load balancing)."""
-    pods = json.loads(
-        kubectl(
-            "get",
-            "pods",
-            "-n",
-            PLATFORM_NAMESPACE,
-            "-o",
-            "json",
-            "-l",
-            "app.kubernetes.io/component=gateway",
-        )
-    )["items"]
     ready = [
         pod["status"]["podIP"]
-        for pod in pods
+        for pod in platform_pods("gateway")
         if not pod["metadata"].get("deletionTimestamp")
         and any(
             c["type"] == "Ready" and c["status"] == "True"

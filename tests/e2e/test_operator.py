@@ -20,6 +20,7 @@ from tests.e2e.kube import (
     invoke,
     kubectl,
     names,
+    platform_pods,
     wait_for_condition,
     wait_until,
 )
@@ -247,18 +248,7 @@ def test_missing_layer_is_reported_then_resolved_without_crash_loop(namespace: s
 
 
 def operator_restarts() -> int:
-    pods = json.loads(
-        kubectl(
-            "get",
-            "pods",
-            "-n",
-            PLATFORM_NAMESPACE,
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "-o",
-            "json",
-        )
-    )["items"]
+    pods = platform_pods("operator")
     return sum(s["restartCount"] for p in pods for s in p["status"].get("containerStatuses", []))
 
 

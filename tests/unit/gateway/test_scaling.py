@@ -240,15 +240,22 @@ def test_client_survives_an_unreachable_autoscaler() -> None:
 
 
 @asynccontextmanager
-async def fake_autoscaler() -> AsyncIterator[tuple[FakeAutoscaler, str]]:
-    fake = FakeAutoscaler()
-    runner = web.AppRunner(fake.app())
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free local port; its URL."""
+    runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield fake, f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def fake_autoscaler() -> AsyncIterator[tuple[FakeAutoscaler, str]]:
+    fake = FakeAutoscaler()
+    async with serving(fake.app()) as url:
+        yield fake, url
 
 
 async def admit(counter: SharedCounter, function: tuple[str, str], reserved: int | None) -> Any:
@@ -403,13 +410,8 @@ async def _applied(action: ScaleAction) -> bool:
 @asynccontextmanager
 async def real_autoscaler(ttl_s: float) -> AsyncIterator[tuple[AutoscalerService, str]]:
     service = AutoscalerService(Autoscaler(), _applied, leases=ConcurrencyLeases(ttl_s=ttl_s))
-    runner = web.AppRunner(service.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield service, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(service.app()) as url:
+        yield service, url
 
 
 def test_two_replicas_share_a_reserved_cap_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
