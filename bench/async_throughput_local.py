@@ -64,6 +64,12 @@ def _nats_server() -> str:
     return found
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _invocation(i: int) -> AsyncInvocation:
     return AsyncInvocation(f"bench-{i}", "bench", "noop", None, b'{"n":1}', int(time.time() * 1000))
 
@@ -127,8 +133,13 @@ async def bench(events: int, concurrency: int, work: Path) -> dict[str, Any]:  #
             ],
             env=env,
         )
+        while not arrivals:
+            await asyncio.sleep(0.001)
+        cpu_at_first = _cpu_s(invoker.pid)
         while len(arrivals) < events:
             await asyncio.sleep(0.01)
+        # CPU the invoker spent per delivered event (not its start-up): what the cores bound.
+        invoker_cpu_ms = (_cpu_s(invoker.pid) - cpu_at_first) * 1000 / events
         first = min(arrivals.values())
         delivered_s = events / (max(arrivals.values()) - first)
         startup_s = first - (time.time() - (time.perf_counter() - started))
@@ -161,6 +172,7 @@ async def bench(events: int, concurrency: int, work: Path) -> dict[str, Any]:  #
         "publish_concurrency": concurrency,
         "accepted_per_s": round(accepted_s),
         "delivered_per_s": round(delivered_s),
+        "invoker_cpu_ms_per_event": round(invoker_cpu_ms, 3),
         "invoker_startup_s": round(startup_s, 2),
         "queue_to_start_ms": {
             "p50": round(statistics.median(latencies), 2),

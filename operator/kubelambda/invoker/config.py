@@ -52,9 +52,13 @@ def load_stream_settings(env: Mapping[str, str]) -> StreamSettings:
 def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> InvokerConfig:
     p = "KUBELAMBDA_INVOKER_"
     throttle_min = env_number(env, p + "THROTTLE_MIN_SECONDS", 1.0, 0.001)
+    gateway_url = (env.get(p + "GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/")
+    if not gateway_url.startswith("http://"):
+        # The gateway is reached in the cluster, over its lean plain-HTTP client.
+        raise ConfigError(f"{p}GATEWAY_URL must be an http:// URL, got {gateway_url!r}")
     return InvokerConfig(
         nats_url=env.get("KUBELAMBDA_NATS_URL") or "nats://127.0.0.1:4222",
-        gateway_url=(env.get(p + "GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/"),
+        gateway_url=gateway_url,
         admin_port=env_int(env, p + "ADMIN_PORT", 8081, 0),
         metrics_port=env_int(env, p + "METRICS_PORT", 9090, 0),
         admin_token=env.get(p + "ADMIN_TOKEN") or None,

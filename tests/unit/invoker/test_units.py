@@ -14,6 +14,7 @@ from kubelambda.api.schedule import Schedule
 from kubelambda.gateway.publisher import AsyncInvocation, PublishRejected
 from kubelambda.gateway.publisher_nats import NatsPublisher
 from kubelambda.invoker.config import ConfigError, load_config
+from kubelambda.invoker.core import GatewayClient
 from kubelambda.invoker.event import (
     DeadLetter,
     Event,
@@ -168,6 +169,35 @@ def test_config() -> None:
         load_config({"KUBELAMBDA_NATS_EVENTS_MAX_AGE_SECONDS": "3600"})
     with pytest.raises(ConfigError, match="integer"):
         load_config({"KUBELAMBDA_INVOKER_FUNCTION_CONCURRENCY": "1.5"})
+    with pytest.raises(ConfigError, match="http://"):
+        load_config({"KUBELAMBDA_INVOKER_GATEWAY_URL": "https://gw:8443"})
+
+
+def test_the_gateway_request_head_drops_header_values_that_would_break_lines() -> None:
+    async def build() -> bytes:
+        client = GatewayClient("http://gw.example:8080")
+        event = Event(
+            request_id="rid-1",
+            namespace="ns",
+            function="fn",
+            qualifier=None,
+            payload=b'{"a": 1}',
+            enqueued_ms=0,
+            client_context="e30=",
+            trace_id="Root=1-x\r\nX-Forged: yes",
+        )
+        return client.head("/namespaces/ns/2015-03-31/functions/fn/invocations", event)
+
+    head = asyncio.run(build())
+    assert head == (
+        b"POST /namespaces/ns/2015-03-31/functions/fn/invocations HTTP/1.1\r\n"
+        b"Host: gw.example:8080\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: 8\r\n"
+        b"X-Kubelambda-Request-Id: rid-1\r\n"
+        b"X-Amz-Client-Context: e30=\r\n"
+        b"\r\n"
+    )
 
 
 def _invocation(request_id: str, payload: bytes = b"{}") -> AsyncInvocation:
