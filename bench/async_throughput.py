@@ -3,10 +3,11 @@
 
     .venv/bin/python -m bench.async_throughput [--events 5000] [--concurrency 64]
 
-The noop Python function runs 2 instances (fixed: no scale-up competes for the cores) with 4
-runtimes each (so the function has free capacity); the client is aiohttp on this host, posting
-to the gateway's ClusterIP. Everything shares 2 cores, so CPU time per event is reported too
-(from the pods' cgroups on this host, which is the node of the local cluster).
+The noop Python function runs 2 instances (fixed: no scale-up competes for the cores) with
+``--per-instance`` runtimes each (default 8, so the function has free capacity); the client is
+aiohttp on this host, posting to the gateway's ClusterIP. Everything shares 2 cores, so CPU
+time per event is reported too (from the pods' cgroups on this host, which is the node of the
+local cluster).
 
 - accepted/s: Event invocations answered 202 (the gateway answers only after JetStream's
   publish acknowledgement) with ``--concurrency`` in flight, while the invoker is scaled to 0
@@ -153,7 +154,7 @@ def invoker_metrics_url(core: client.CoreV1Api, namespace: str) -> str | None:
     return None
 
 
-def create_noop(custom: client.CustomObjectsApi, namespace: str) -> None:
+def create_noop(custom: client.CustomObjectsApi, namespace: str, per_instance: int) -> None:
     body: dict[str, Any] = {
         "apiVersion": "kubelambda.io/v1alpha1",
         "kind": "Function",
@@ -162,7 +163,7 @@ def create_noop(custom: client.CustomObjectsApi, namespace: str) -> None:
             "runtime": "python3.11",
             "handler": "app.handler",
             "code": {"inline": {"app.py": NOOP}},
-            "concurrency": {"perInstance": 4},
+            "concurrency": {"perInstance": per_instance},
             "scaling": {"minInstances": 2, "maxInstances": 2},
         },
     }
@@ -212,6 +213,9 @@ def main() -> None:
     add_cluster_arguments(parser)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--per-instance", type=int, default=8, help="runtimes per function instance (2 instances)"
+    )
     args = parser.parse_args()
     exit_on_sigterm()
     api = connect(args.kubeconfig)
@@ -219,7 +223,7 @@ def main() -> None:
     platform = args.operator_namespace
     gateway = core.read_namespaced_service("kubelambda-gateway", platform).spec.cluster_ip
     with bench_namespace(api, "async", 120) as namespace:
-        create_noop(custom, namespace)
+        create_noop(custom, namespace, args.per_instance)
         url = f"http://{gateway}:8080/namespaces/{namespace}/2015-03-31/functions/noop/invocations"
         # Warm the path (gateway pool, JetStream stream, consumer) before measuring.
         asyncio.run(send_events(url, 50, 8))
@@ -270,6 +274,7 @@ def main() -> None:
         "machine": machine(),
         "events": args.events,
         "concurrency": args.concurrency,
+        "per_instance": args.per_instance,
         "accepted_per_s": round(accepted_per_s),
         "accepted_per_gateway_cpu_s": round(accepted_per_cpu_s),
         "delivered_per_s": round(delivered_per_s),
