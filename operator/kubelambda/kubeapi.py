@@ -115,6 +115,13 @@ class ResourceWatch:
                 )
                 await self._sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except Exception:
+                # A bug (in a sink, say) must not leave the watcher silently stale for good:
+                # list everything again after a pause.
+                log.exception("%s watch: unexpected error; listing again", self._resource.kind)
+                self.resource_version = None
+                await self._sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def relist(self) -> None:
         items: list[JsonObject] = []

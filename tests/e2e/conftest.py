@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.kube import kubectl
+from tests.e2e.kube import PLATFORM_NAMESPACE, KubectlError, kubectl, platform_pods
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
@@ -29,6 +29,71 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
     order = {name: rank for rank, name in enumerate(LAST_MODULES, start=1)}
     items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, 0))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed e2e test's report carries the platform's state: a CI log is all there is then."""
+    report = yield
+    if report.when == "call" and report.failed and "tests/e2e/" in str(item.fspath):
+        arguments = getattr(item, "funcargs", {})
+        namespace = next(
+            (v for k, v in arguments.items() if k.endswith("namespace") and isinstance(v, str)),
+            None,
+        )
+        report.sections.append(("platform state", platform_state(namespace)))
+    return report
+
+
+def platform_state(namespace: str | None) -> str:
+    """The platform's pods, its components' warnings, and the invoker's figures for the test's
+    namespace (a worker that never ran an event shows as no line at all)."""
+    parts: list[str] = []
+
+    def add(title: str, command: tuple[str, ...], keep: Callable[[str], bool]) -> None:
+        try:
+            lines = [line for line in kubectl(*command, timeout=20).splitlines() if keep(line)]
+        except (KubectlError, subprocess.TimeoutExpired) as exc:
+            lines = [f"({exc})"]
+        parts.append(f"--- {title}\n" + "\n".join(lines[-40:]))
+
+    add("pods", ("get", "pods", "-n", PLATFORM_NAMESPACE, "-o", "wide"), lambda _: True)
+    for component in ("invoker", "gateway", "queue"):
+        add(
+            f"{component} warnings",
+            (
+                "logs",
+                "-n",
+                PLATFORM_NAMESPACE,
+                "-l",
+                f"app.kubernetes.io/component={component}",
+                "--tail=400",
+                "--prefix",
+            ),
+            lambda line: (
+                not (" INFO " in line or "[INF]" in line) or bool(namespace and namespace in line)
+            ),
+        )
+    if namespace:
+        try:
+            invokers = platform_pods("invoker")
+        except KubectlError as exc:
+            invokers = []
+            parts.append(f"--- invoker pods: {exc}")
+        for pod in invokers:
+            add(
+                f"invoker {pod['metadata']['name']} metrics of {namespace}",
+                (
+                    "get",
+                    "--raw",
+                    f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/"
+                    f"{pod['metadata']['name']}:9090/proxy/metrics",
+                ),
+                lambda line: namespace in line and not line.startswith("#"),
+            )
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="session", autouse=True)

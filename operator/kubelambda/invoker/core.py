@@ -91,6 +91,12 @@ def _error_message(body: bytes) -> str:
     return truncate_utf8(body.decode(errors="replace"))
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (rather than an awaited future it shares)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Invoker:
     def __init__(
         self,
@@ -146,7 +152,10 @@ class Invoker:
         # The period also catches functions that only have stored events (no Function object).
         while not stop.is_set():
             self._directory_changed.clear()
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except Exception:  # a bug must not stop every new function from getting a worker
+                log.exception("reconciling the workers failed; trying again")
             waits = {
                 asyncio.ensure_future(stop.wait()),
                 asyncio.ensure_future(self._directory_changed.wait()),
@@ -176,6 +185,8 @@ class Invoker:
                 await self.sample()
             except BrokerError as exc:
                 log.warning("sampling the queue: %s", exc)
+            except Exception:  # the gauges go stale, the sampling goes on
+                log.exception("sampling the queue failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.sample_interval_s)
 
@@ -484,10 +495,24 @@ class FunctionWorker:
                     continue
                 deliveries = await self._consumer.fetch(free, config.fetch_wait_s)
                 backoff = _BROKER_BACKOFF_S[0]
-            except BrokerError as exc:
-                log.warning("%s/%s: %s; retrying in %.1f s", *self.key, exc, backoff)
+            except Exception as exc:
+                # Whatever goes wrong, this function's events must not stop flowing: start over
+                # with a fresh consumer after a pause.
+                if isinstance(exc, BrokerError):
+                    log.warning("%s/%s: %s; retrying in %.1f s", *self.key, exc, backoff)
+                else:
+                    log.exception("%s/%s: fetching failed; retrying in %.1f s", *self.key, backoff)
+                    await self._drop_consumer()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BROKER_BACKOFF_S[1])
+                continue
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                # Not this worker being stopped: a NATS client future cancelled under it.
+                log.warning("%s/%s: a fetch was cancelled; retrying", *self.key)
+                await self._drop_consumer()
+                await asyncio.sleep(backoff)
                 continue
             for delivery in deliveries:
                 self._start(delivery)
@@ -513,5 +538,10 @@ class FunctionWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.close()
+        await self._drop_consumer()
+
+    async def _drop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):  # the subscription may be gone already
+                await consumer.close()

@@ -58,7 +58,22 @@ def load_functions_file(path: str) -> StaticDirectory:
     return StaticDirectory(functions)
 
 
-async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
+async def _until_stopped_or_failed(stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> bool:
+    """Waits for the stop signal; True if one of the loops ended first (a bug: they run until
+    cancelled). The invoker then exits non-zero, and the kubelet restarts it: a loop that died
+    silently would leave the invoker up but stuck (no new function getting a worker, say)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([stopping, *loops], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    # Once stopping, the loops return on their own: that is no failure.
+    ended = [] if stop.is_set() else [task for task in loops if task in done]
+    for task in ended:
+        error = None if task.cancelled() else task.exception()
+        log.error("%s ended unexpectedly: %r; exiting", task.get_name(), error, exc_info=error)
+    return bool(ended)
+
+
+async def run(config: InvokerConfig, functions_file: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +105,7 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
             api_directory = ApiDirectory(
                 HttpKubeApi(connection_from_env(config.kubeconfig), session)
             )
-            background.append(loop.create_task(api_directory.run()))
+            background.append(loop.create_task(api_directory.run(), name="the Function watch"))
             await api_directory.synced.wait()
             directory = api_directory
         invoker = Invoker(config, broker, directory, session, metrics=metrics)
@@ -101,8 +116,8 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
         if api_directory is not None:
             api_directory.subscribe(invoker.wake)
             api_directory.subscribe(scheduler.sync)
-        background.append(loop.create_task(invoker.run(stop)))
-        background.append(loop.create_task(invoker.run_sampler(stop)))
+        background.append(loop.create_task(invoker.run(stop), name="the worker reconciler"))
+        background.append(loop.create_task(invoker.run_sampler(stop), name="the queue sampler"))
         ready = True
         log.info(
             "kubelambda-invoker: NATS %s, gateway %s, admin port %d, metrics port %d",
@@ -111,7 +126,7 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
             admin_port,
             metrics_port,
         )
-        await stop.wait()
+        failed = await _until_stopped_or_failed(stop, background)
         ready = False
         log.info("shutting down: finishing in-flight events")
         for task in background:
@@ -122,6 +137,7 @@ async def run(config: InvokerConfig, functions_file: str | None = None) -> None:
     await admin.stop()
     await broker.close()
     metrics.stop_server()
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,5 +174,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kubelambda-invoker: {args.functions}: {exc}", file=sys.stderr)
             return 2
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(run(config, args.functions))
+        return uvloop.run(run(config, args.functions))
     return 0

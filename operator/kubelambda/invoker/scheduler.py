@@ -188,11 +188,17 @@ class Scheduler:
             if due is not None and _epoch_ms(due) > handled_ms:
                 try:
                     await self._fire(target, due, now)
-                except BrokerError as exc:
+                except Exception as exc:  # never a schedule that silently stops firing
                     self._metrics.schedule_failures.labels(
                         target.namespace, target.function, target.schedule.name
                     ).inc()
-                    log.warning("schedule %s, fire %s: %s", target.key, due.isoformat(), exc)
+                    log.warning(
+                        "schedule %s, fire %s: %s",
+                        target.key,
+                        due.isoformat(),
+                        exc,
+                        exc_info=not isinstance(exc, BrokerError),
+                    )
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
@@ -221,8 +227,13 @@ class Scheduler:
                     target.key, ScheduleState(target.schedule.expression, now_ms)
                 )
                 return now_ms
-            except BrokerError as exc:
-                log.warning("schedule %s state: %s; retrying", target.key, exc)
+            except Exception as exc:
+                log.warning(
+                    "schedule %s state: %s; retrying",
+                    target.key,
+                    exc,
+                    exc_info=not isinstance(exc, BrokerError),
+                )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 

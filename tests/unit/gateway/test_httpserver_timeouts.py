@@ -8,6 +8,7 @@ timeouts of a fraction of a second, and talks to it over a raw socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -111,7 +112,9 @@ def test_head_dribbled_a_byte_at_a_time_is_closed_all_the_same() -> None:
                 break
             writer.write(bytes([byte]))
             await asyncio.sleep(READ_TIMEOUT / 10)
-        assert await closed == b""
+        # A byte sent just after the server closed is answered with a reset: closed all the same.
+        with contextlib.suppress(ConnectionResetError):
+            assert await closed == b""
         writer.close()
 
     run(scenario)

@@ -34,8 +34,8 @@ from tests.unit.gateway.objects import function_obj, slice_obj
 FUNCTIONS = RESOURCES[0]
 
 
-class Stop(Exception):
-    """Ends a scripted run."""
+class Stop(BaseException):
+    """Ends a scripted run (a BaseException: the watch loop survives any Exception)."""
 
 
 class FakeApi:
@@ -48,6 +48,8 @@ class FakeApi:
 
     async def list(self, path, params):
         self.calls.append(("list", dict(params)))
+        if not self.lists:
+            raise Stop
         page = self.lists.pop(0)
         if isinstance(page, Exception):
             raise page
@@ -188,6 +190,36 @@ def test_failures_back_off_and_resume_from_the_last_version():
     assert all(c[1].get("resourceVersion") == "10" for c in api.calls[1:4])
     assert api.calls[4][1]["resourceVersion"] == "20"
     assert names(table, "a") == {"a"}
+
+
+def test_a_sink_that_raises_does_not_end_the_watch():
+    """A bug while applying an object must not leave the watcher stale for good: it lists
+    everything again after a pause and goes on."""
+
+    failures: list[str] = []
+
+    class FlakyTable(RoutingTable):
+        def apply(self, kind, event):
+            name = event["object"]["metadata"]["name"]
+            if name == "bad" and not failures:
+                failures.append(name)
+                raise KeyError("a bug")
+            super().apply(kind, event)
+
+    table = FlakyTable()
+    api = FakeApi(
+        [page([], "10"), page([function_obj("bad"), function_obj("good")], "30")],
+        [[event("ADDED", function_obj("bad", resource_version="20"))], []],
+    )
+    sleeps: list[float] = []
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+
+    run(ResourceWatch(api, FUNCTIONS, table, sleep=sleep))
+    assert [c[0] for c in api.calls] == ["list", "watch", "list", "watch", "watch"]
+    assert len(sleeps) == 1
+    assert names(table, "bad", "good") == {"bad", "good"}
 
 
 def test_endpoint_slices_are_selected_by_label_and_fed():
