@@ -108,18 +108,20 @@ class ResourceWatch:
             except Gone:
                 log.info("%s: resourceVersion too old, listing again", self._resource.kind)
                 self.resource_version = None
-            except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except Exception as exc:
                 # ValueError: a garbled response; the stream is retried like a dropped one.
-                log.warning(
-                    "%s watch failed (%s); retrying in %.1f s", self._resource.kind, exc, backoff
-                )
-                await self._sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-            except Exception:
-                # A bug (in a sink, say) must not leave the watcher silently stale for good:
-                # list everything again after a pause.
-                log.exception("%s watch: unexpected error; listing again", self._resource.kind)
-                self.resource_version = None
+                if isinstance(exc, (ApiError, aiohttp.ClientError, TimeoutError, ValueError)):
+                    log.warning(
+                        "%s watch failed (%s); retrying in %.1f s",
+                        self._resource.kind,
+                        exc,
+                        backoff,
+                    )
+                else:
+                    # A bug (in a sink, say) must not leave the watcher silently stale for good:
+                    # list everything again after the pause.
+                    log.exception("%s watch: unexpected error; listing again", self._resource.kind)
+                    self.resource_version = None
                 await self._sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 

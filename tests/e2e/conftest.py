@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.kube import PLATFORM_NAMESPACE, KubectlError, kubectl, platform_pods
+from tests.e2e.kube import PLATFORM_NAMESPACE, KubectlError, kubectl, metrics_path, platform_pods
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
@@ -85,12 +85,7 @@ def platform_state(namespace: str | None) -> str:
         for pod in invokers:
             add(
                 f"invoker {pod['metadata']['name']} metrics of {namespace}",
-                (
-                    "get",
-                    "--raw",
-                    f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/"
-                    f"{pod['metadata']['name']}:9090/proxy/metrics",
-                ),
+                ("get", "--raw", metrics_path(pod["metadata"]["name"])),
                 lambda line: namespace in line and not line.startswith("#"),
             )
     return "\n".join(parts)

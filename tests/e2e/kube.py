@@ -138,15 +138,15 @@ def platform_pods(component: str) -> list[dict[str, Any]]:
     return json.loads(listed)["items"]  # type: ignore[no-any-return]
 
 
+def metrics_path(pod_name: str) -> str:
+    """The API server's proxy path to a platform pod's metrics page (port 9090 on each)."""
+    return f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod_name}:9090/proxy/metrics"
+
+
 def gateway_metrics() -> list[str]:
     """The metrics pages of every gateway pod (each replica counts its own requests)."""
     return [
-        kubectl(
-            "get",
-            "--raw",
-            f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod['metadata']['name']}:9090"
-            "/proxy/metrics",
-        )
+        kubectl("get", "--raw", metrics_path(pod["metadata"]["name"]))
         for pod in platform_pods("gateway")
     ]
 

@@ -495,24 +495,25 @@ class FunctionWorker:
                     continue
                 deliveries = await self._consumer.fetch(free, config.fetch_wait_s)
                 backoff = _BROKER_BACKOFF_S[0]
-            except Exception as exc:
-                # Whatever goes wrong, this function's events must not stop flowing: start over
-                # with a fresh consumer after a pause.
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                    raise  # this worker is being stopped
+                # Whatever else goes wrong (a bug, a NATS client future cancelled under the
+                # fetch), this function's events must not stop flowing: after a pause, start
+                # over, with a fresh consumer unless the broker merely failed.
                 if isinstance(exc, BrokerError):
                     log.warning("%s/%s: %s; retrying in %.1f s", *self.key, exc, backoff)
                 else:
-                    log.exception("%s/%s: fetching failed; retrying in %.1f s", *self.key, backoff)
+                    log.warning(
+                        "%s/%s: fetching failed (%r); retrying in %.1f s",
+                        *self.key,
+                        exc,
+                        backoff,
+                        exc_info=True,
+                    )
                     await self._drop_consumer()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BROKER_BACKOFF_S[1])
-                continue
-            except asyncio.CancelledError:
-                if _cancelling():
-                    raise
-                # Not this worker being stopped: a NATS client future cancelled under it.
-                log.warning("%s/%s: a fetch was cancelled; retrying", *self.key)
-                await self._drop_consumer()
-                await asyncio.sleep(backoff)
                 continue
             for delivery in deliveries:
                 self._start(delivery)
