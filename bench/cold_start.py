@@ -20,7 +20,9 @@ even visible through the API, so the last three steps come after it.
 Then a burst: BURST slow calls to a function with one instance and perInstance 1; the time
 until its Deployment asks for BURST replicas is the scale-up decision latency.
 
-Without a warm pool of generic pods (not built yet), this is the "without the warm pool" figure.
+The same samples are then taken in a second namespace with a warm pool of ``--pool-size``
+Python pods (``kubelambda.io/warm-pool``): each cold call is served by a pool pod specialised
+with the function's code; before each sample the pool is back to full.
 Results: bench/results/cold_start-<UTC time>.json. Needs the platform installed (`make install`).
 """
 
@@ -51,6 +53,7 @@ from bench.common import (
 HANDLER = 'def handler(event, context):\n    return {"hello": "world"}\n'
 SLOW_HANDLER = "import time\ndef handler(event, context):\n    time.sleep(5)\n    return 1\n"
 BURST = 6
+POOL_ANNOTATION = "kubelambda.io/warm-pool"
 STEPS = ("pod_created", "pod_ip", "endpoint", "first_byte")
 
 
@@ -205,69 +208,99 @@ def invoke(host: str, namespace: str, function: str) -> tuple[float, float, int]
     return first_byte, total, response.status
 
 
-def wait_for_zero(core: client.CoreV1Api, namespace: str, timeout: float) -> None:
+FUNCTION_PODS = "kubelambda.io/function"
+
+
+def wait_for_zero(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, timeout: float
+) -> None:
+    """Until the autoscaler has scaled the function to zero and its pods are gone. (A pool pod
+    being specialised is not labelled as the function's yet: the scale reason tells.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not core.list_namespaced_pod(namespace).items:
+        function = custom.get_namespaced_custom_object(
+            "kubelambda.io", "v1alpha1", namespace, "functions", "hello"
+        )
+        reason = str((function.get("status") or {}).get("lastScaleReason"))
+        pods = core.list_namespaced_pod(namespace, label_selector=FUNCTION_PODS).items
+        if "-> 0 instances" in reason and not pods:
             return
         time.sleep(0.2)
     raise TimeoutError("the function did not scale to zero")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_cluster_arguments(parser)
-    parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--warm-calls", type=int, default=5, help="warm calls after each sample")
-    args = parser.parse_args()
-    exit_on_sigterm()
-    api = connect(args.kubeconfig)
+def wait_for_pool(core: client.CoreV1Api, namespace: str, size: int, timeout: float) -> None:
+    """Until ``size`` pool pods are ready (the pool refills after each cold start)."""
+    selector = "kubelambda.io/pool=python3-11,kubelambda.io/pool-state=idle"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        ready = [
+            p
+            for p in pods
+            if p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())
+        ]
+        if len(ready) >= size:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the warm pool never had {size} ready pods")
+
+
+def cold_starts(
+    api: client.ApiClient, host: str, namespace: str, args: argparse.Namespace, pool_size: int
+) -> tuple[list[dict[str, float]], list[float], int]:
+    """``args.samples`` cold calls (and warm calls after each): their timings, failures.
+    With a pool, the serving pod existed before the call: only first byte and total count."""
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     discovery = client.DiscoveryV1Api(api)
-    gateway = core.read_namespaced_service("kubelambda-gateway", args.operator_namespace)
-    host = gateway.spec.cluster_ip
     cold: list[dict[str, float]] = []
     warm: list[float] = []
     failures = 0
-    with bench_namespace(api, "coldstart", 120) as namespace:
-        create_function(custom, namespace, "hello", HANDLER, scaling={"idleSeconds": 0})
-        times = PodTimes()
-        watchers = [
-            Timeline(core.list_namespaced_pod, namespace, times.on_pod),
-            Timeline(discovery.list_namespaced_endpoint_slice, namespace, times.on_slice),
-        ]
-        for watcher in watchers:
-            watcher.start()
-        for index in range(args.samples):
-            wait_for_zero(core, namespace, 120)
-            time.sleep(0.5)
-            started = time.monotonic()
-            first_byte, total, status = invoke(host, namespace, "hello")
-            if status != 200:
-                print(f"sample {index + 1}: status {status}", flush=True)
-                failures += 1
-                continue
-            for _ in range(args.warm_calls):
-                warm.append(invoke(host, namespace, "hello")[0])
+    create_function(custom, namespace, "hello", HANDLER, scaling={"idleSeconds": 0})
+    times = PodTimes()
+    watchers = [
+        Timeline(core.list_namespaced_pod, namespace, times.on_pod),
+        Timeline(discovery.list_namespaced_endpoint_slice, namespace, times.on_slice),
+    ]
+    for watcher in watchers:
+        watcher.start()
+    for index in range(args.samples):
+        wait_for_zero(core, custom, namespace, 120)
+        if pool_size:
+            wait_for_pool(core, namespace, pool_size, 120)
+        time.sleep(0.5)
+        started = time.monotonic()
+        first_byte, total, status = invoke(host, namespace, "hello")
+        if status != 200:
+            print(f"sample {index + 1}: status {status}", flush=True)
+            failures += 1
+            continue
+        for _ in range(args.warm_calls):
+            warm.append(invoke(host, namespace, "hello")[0])
+        sample: dict[str, float] | None = {}
+        if not pool_size:
             sample = times.breakdown(started)
-            if sample is None:
-                print(f"sample {index + 1}: not exactly one new pod", flush=True)
-                failures += 1
-                continue
-            sample |= {"first_byte": first_byte, "total": total}
-            cold.append(sample)
-            print(
-                f"sample {index + 1}: first byte {first_byte * 1000:.0f} ms "
-                + " ".join(f"{k}={v * 1000:.0f}" for k, v in sample.items()),
-                flush=True,
-            )
-        for watcher in watchers:
-            watcher.stopped = True
-        burst = scale_up_decision(custom, client.AppsV1Api(api), host, namespace)
-        print(f"burst of {BURST}: {burst}", flush=True)
+        if sample is None:
+            print(f"sample {index + 1}: not exactly one new pod", flush=True)
+            failures += 1
+            continue
+        sample |= {"first_byte": first_byte, "total": total}
+        cold.append(sample)
+        print(
+            f"sample {index + 1}: first byte {first_byte * 1000:.0f} ms "
+            + " ".join(f"{k}={v * 1000:.0f}" for k, v in sample.items()),
+            flush=True,
+        )
+    for watcher in watchers:
+        watcher.stopped = True
+    return cold, warm, failures
+
+
+def report(cold: list[dict[str, float]], warm: list[float], failures: int) -> dict[str, Any]:
     first_bytes = [s["first_byte"] * 1000 for s in cold]
-    result = {
-        "machine": machine(),
+    steps = [step for step in (*STEPS[:-1], "kubelet_ready") if cold and step in cold[0]]
+    return {
         "samples": len(cold),
         "failures": failures,
         "cold_first_byte_ms": summary(first_bytes),
@@ -276,11 +309,42 @@ def main() -> None:
         else None,
         "steps_ms": {
             step: summary([s[step] * 1000 for s in cold if not math.isnan(s[step])])
-            for step in ("pod_created", "pod_ip", "endpoint", "kubelet_ready", "first_byte")
+            for step in (*steps, "first_byte")
         },
         "warm_first_byte_ms": summary([w * 1000 for w in warm]),
-        f"scale_up_to_{BURST}": burst,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cluster_arguments(parser)
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--warm-calls", type=int, default=5, help="warm calls after each sample")
+    parser.add_argument(
+        "--pool-size", type=int, default=2, help="warm pool of the second run (0: skip it)"
+    )
+    args = parser.parse_args()
+    exit_on_sigterm()
+    api = connect(args.kubeconfig)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    gateway = core.read_namespaced_service("kubelambda-gateway", args.operator_namespace)
+    host = gateway.spec.cluster_ip
+    result: dict[str, Any] = {"machine": machine()}
+    failures = 0
+    with bench_namespace(api, "coldstart", 120) as namespace:
+        cold, warm, failed = cold_starts(api, host, namespace, args, 0)
+        result["without_pool"] = report(cold, warm, failed)
+        failures += failed
+        burst = scale_up_decision(custom, client.AppsV1Api(api), host, namespace)
+        print(f"burst of {BURST}: {burst}", flush=True)
+        result[f"scale_up_to_{BURST}"] = burst
+    if args.pool_size:
+        with bench_namespace(api, "coldpool", 120) as namespace:
+            annotation = {POOL_ANNOTATION: f"python3.11={args.pool_size}"}
+            core.patch_namespace(namespace, {"metadata": {"annotations": annotation}})
+            cold, warm, failed = cold_starts(api, host, namespace, args, args.pool_size)
+            result["with_pool"] = report(cold, warm, failed)
+            failures += failed
     print(json.dumps(result, indent=2))
     write_results("cold_start", args.output, result)
     if failures:

@@ -33,6 +33,9 @@ KUBELAMBDA_ENFORCE_MEMORY           ``1`` (default): SIGKILL a runtime whose RSS
                                     development
 KUBELAMBDA_PROC_ROOT                external mode: where the runtime's processes are found,
                                     default ``/proc`` (tests inject a tree of their own)
+KUBELAMBDA_POOL_TOKEN               warm-pool mode: start with no function, wait for
+                                    ``POST /v1/specialize`` with this bearer token (see
+                                    ``agent/pool.py``)
 ==================================  ==========================================================
 
 Runtime commands: python -> ``python3 $KUBELAMBDA_RUNTIME_DIR/bootstrap.py``; nodejs ->

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kubelambda.agent.announce import announce
 from kubelambda.agent.config import AgentConfig, Announcement, ConfigError, load_config
@@ -14,6 +14,7 @@ from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from kubelambda.agent.external import ExternalSlot
 from kubelambda.agent.httpio import serve as serve_http
 from kubelambda.agent.invoke import InvokeEndpoint
+from kubelambda.agent.pool import POOL_TOKEN_ENV, wait_for_specialization
 from kubelambda.agent.procs import Reaper
 from kubelambda.agent.runtime import RuntimeSlot
 from kubelambda.agent.runtime_api import RuntimeApi
@@ -103,8 +104,18 @@ async def serve(config: AgentConfig) -> None:
         api_server.close()
 
 
+async def serve_when_specialized(environ: Mapping[str, str]) -> None:
+    """Warm pool mode: wait in the pool, then serve the function it was given."""
+    config = await wait_for_specialization(environ)
+    if config is not None:
+        await serve(config)
+
+
 def main() -> int:
     try:
+        if os.environ.get(POOL_TOKEN_ENV):
+            asyncio.run(serve_when_specialized(os.environ))
+            return 0
         config = load_config(os.environ)
     except ConfigError as exc:
         print(f"kubelambda-agent: {exc}", file=sys.stderr)

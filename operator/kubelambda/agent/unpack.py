@@ -1,4 +1,5 @@
-"""Init-container step of a function pod: put code at /var/task and layers at /opt.
+"""Put a function's code at /var/task and its layers at /opt: the init-container step of a
+function pod, also run by a warm-pool pod's agent when it is specialised (``pool.py``).
 
 Run as ``python3 -m kubelambda.agent.unpack`` with ``KUBELAMBDA_UNPACK`` holding a JSON plan
 written by the operator::
@@ -7,7 +8,14 @@ written by the operator::
      "steps": [{"target": "/opt", "zip": {"url": ..., "sha256": ..., "token": ...},
                 "what": "layer tools version 2"},
                {"target": "/opt", "files": {"dir": "/kubelambda/src/1",
-                                            "paths": {"f000": "bin/tool"}}, "what": ...}]}
+                                            "paths": {"f000": "bin/tool"}}, "what": ...},
+               {"target": "/var/task", "inline": {"app.py": "def handler(e, c): ..."},
+                "what": "code"}]}
+
+A ``files`` step copies a mounted ConfigMap's keys to relative paths; an ``inline`` step
+carries the files' text in the plan itself (relative path -> UTF-8 text), for a pool pod that
+has no ConfigMap mounted. Neither carries file modes: ``bin/*`` and ``bootstrap*`` become
+executable, everything else plain data.
 
 Steps run in order, so a later layer's file replaces an earlier one's. Zip packages are
 downloaded (at most 50 MB), checked against their SHA-256, and extracted without letting an
@@ -148,6 +156,11 @@ def extract_zip(data: bytes, target: str, budget: Budget, what: str) -> None:
             os.chmod(path, 0o755 if mode & 0o111 else 0o644)
 
 
+def file_mode(relative: str) -> int:
+    """Inline files carry no mode: executables are recognised by where they are."""
+    return 0o755 if relative.startswith(EXECUTABLE_PREFIXES) else 0o644
+
+
 def copy_files(source: Mapping[str, Any], target: str, budget: Budget, what: str) -> None:
     """Inline files from a mounted ConfigMap (key -> relative path)."""
     directory = str(source["dir"])
@@ -158,7 +171,23 @@ def copy_files(source: Mapping[str, Any], target: str, budget: Budget, what: str
         os.makedirs(os.path.dirname(path), exist_ok=True)
         replace_with(path)
         shutil.copyfile(os.path.join(directory, key), path)
-        os.chmod(path, 0o755 if relative.startswith(EXECUTABLE_PREFIXES) else 0o644)
+        os.chmod(path, file_mode(relative))
+
+
+def write_inline(files: Mapping[str, str], target: str, budget: Budget, what: str) -> None:
+    """Files whose text is in the plan itself (relative path -> content)."""
+    for relative, text in files.items():
+        if not isinstance(text, str):
+            raise UnpackError(f"{what}: inline file {relative!r} is not text")
+    contents = {relative: text.encode() for relative, text in files.items()}
+    budget.take(sum(len(data) for data in contents.values()), what)
+    for relative, data in sorted(contents.items()):
+        path = safe_path(target, relative, what)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        replace_with(path)
+        with open(path, "xb") as out:
+            out.write(data)
+        os.chmod(path, file_mode(relative))
 
 
 def run(plan: Mapping[str, Any]) -> None:
@@ -173,6 +202,8 @@ def run(plan: Mapping[str, Any]) -> None:
             package = step["zip"]
             data = download(package["url"], package.get("token"), package["sha256"], what)
             extract_zip(data, target, budget, what)
+        elif "inline" in step:
+            write_inline(step["inline"], target, budget, what)
         else:
             copy_files(step["files"], target, budget, what)
 

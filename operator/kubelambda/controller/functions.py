@@ -48,6 +48,7 @@ from kubelambda.resources.names import (
     version_slug,
     workload_name,
 )
+from kubelambda.resources.pool import with_specialization
 from kubelambda.resources.status import (
     CONFIGURED,
     Observation,
@@ -223,7 +224,9 @@ class FunctionReconcile:
             announce_url=self.config.autoscaler_url,
             signing_key=self.config.store_signing_key,
         )
-        deployment = kube.apply(function_deployment(workload), self.namespace)
+        deployment = kube.apply(
+            with_specialization(function_deployment(workload), workload), self.namespace
+        )
         kube.apply(function_service(self.name, version, self.body), self.namespace)
         return deployment
 

@@ -10,7 +10,7 @@ import kopf
 
 from kubelambda.controller import kube
 from kubelambda.controller.aliases import update_alias_status
-from kubelambda.controller.autoscaling import observe_deployment
+from kubelambda.controller.autoscaling import observe_adopted_pod, observe_deployment
 from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.functions import (
     NotReadyYet,
@@ -20,7 +20,9 @@ from kubelambda.controller.functions import (
 )
 from kubelambda.controller.kube import ignore_terminating_namespace
 from kubelambda.controller.layers import reconcile_layer
+from kubelambda.controller.pool import POOL_PODS, reconcile_pools
 from kubelambda.resources.names import FUNCTION_LABEL, VERSION_LABEL, workload_name
+from kubelambda.resources.pool import POOL_LABEL, SPECIALIZED_LABEL, PoolAnnotationError
 from kubelambda.resources.status import pod_problem
 
 GROUP, VERSION = "kubelambda.io", "v1alpha1"
@@ -139,3 +141,34 @@ def function_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
         return
     deployment = kube.get("apps/v1", "Deployment", workload_name(name, "$LATEST"), namespace)
     refresh_readiness(namespace, name, deployment)
+
+
+@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
+async def pool_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """Ready pool pods are what a cold start can take."""
+    POOL_PODS.observe(event["type"] or "", event["object"])
+
+
+@kopf.on.event("", "v1", "pods", labels={SPECIALIZED_LABEL: kopf.PRESENT})
+async def adopted_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    """A warm-pool pod serving a version counts as one of its instances (and has left its
+    pool)."""
+    POOL_PODS.observe(event["type"] or "", event["object"])
+    observe_adopted_pod(event["type"] or "", event["object"])
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
+    """The kubelambda.io/warm-pool annotation says which runtime pools a namespace keeps."""
+    namespace = event["object"]
+    metadata = namespace["metadata"]
+    name = metadata["name"]
+    if event["type"] == "DELETED" or metadata.get("deletionTimestamp"):
+        return
+    if CONFIG.watch_namespaces and name not in CONFIG.watch_namespaces:
+        return
+    try:
+        with ignore_terminating_namespace():
+            reconcile_pools(name, metadata.get("annotations") or {}, CONFIG)
+    except PoolAnnotationError as problem:
+        logger.warning("%s: %s", name, problem)

@@ -125,6 +125,25 @@ def scale(name: str, namespace: str, replicas: int, field_manager: str) -> bool:
     return True
 
 
+def patch(api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any]) -> bool:
+    """Merge-patch an object; False if it is gone, or changed since the ``resourceVersion``
+    that ``body`` carries (the API server's optimistic lock)."""
+    try:
+        dynamic().patch(
+            _resource(api_version, kind),
+            body=body,
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            field_manager=FIELD_MANAGER,
+        )
+    except ApiException as error:
+        if error.status in (404, 409):
+            return False
+        raise
+    return True
+
+
 def patch_status(kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource of a kubelambda object."""
     resource = _resource(GROUP_VERSION, kind)

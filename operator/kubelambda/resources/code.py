@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubelambda.resources.names import DOMAIN, MANAGED_BY, PATHS_ANNOTATION
@@ -63,11 +63,17 @@ class FileSet:
 
     config_map: str
     paths: Mapping[str, str]
+    contents: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Path -> content, when the ConfigMap's data was at hand (a warm-pool pod is sent the
+    files themselves: it cannot mount a ConfigMap after it started)."""
 
     @classmethod
     def from_config_map(cls, config_map: Mapping[str, Any]) -> FileSet:
         metadata = config_map["metadata"]
-        return cls(metadata["name"], json.loads(metadata["annotations"][PATHS_ANNOTATION]))
+        paths: dict[str, str] = json.loads(metadata["annotations"][PATHS_ANNOTATION])
+        data = config_map.get("data") or {}
+        contents = {path: data[key] for key, path in paths.items() if key in data}
+        return cls(metadata["name"], paths, contents if len(contents) == len(paths) else {})
 
 
 def file_mode(path: str) -> int:

@@ -123,6 +123,58 @@ def test_inline_files_from_a_config_map_directory(tmp_path: Path) -> None:
     assert (tmp_path / "opt/x/y.txt").read_text() == "data"
 
 
+def test_inline_files_from_the_plan_later_steps_win(tmp_path: Path) -> None:
+    task = tmp_path / "task"
+    unpack.run(
+        plan(
+            tmp_path,
+            {
+                "target": str(task),
+                "inline": {"app.py": "old", "bootstrap": "#!/bin/sh\n", "lib/é.txt": "ü"},
+                "what": "code",
+            },
+            {"target": str(task), "inline": {"app.py": "new", "bin/run": "x"}, "what": "layer"},
+        )
+    )
+    assert (task / "app.py").read_text() == "new"
+    assert stat.S_IMODE((task / "app.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((task / "bootstrap").stat().st_mode) == 0o755
+    assert stat.S_IMODE((task / "bin/run").stat().st_mode) == 0o755
+    assert (task / "lib/é.txt").read_bytes() == "ü".encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../evil", "outside its directory"),
+        ("/tmp/evil", "outside its directory"),
+        ("up/evil", "through a symlink"),
+    ],
+)
+def test_inline_files_cannot_escape(tmp_path: Path, name: str, message: str) -> None:
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "up").symlink_to("..")
+    step = {"target": str(task), "inline": {name: "x"}, "what": "code"}
+    with pytest.raises(UnpackError, match=f"code: .*{message}"):
+        unpack.run(plan(tmp_path, step))
+    assert not (tmp_path / "evil").exists()
+
+
+def test_inline_files_count_their_utf8_bytes(tmp_path: Path) -> None:
+    # 400 characters, 800 bytes: over a 700-byte budget only when counted as bytes.
+    step = {"target": str(tmp_path / "task"), "inline": {"a.txt": "é" * 400}, "what": "code"}
+    with pytest.raises(UnpackError, match="code: function code and layers unzip to more than 700"):
+        unpack.run(plan(tmp_path, step, limit=700))
+    assert not (tmp_path / "task/a.txt").exists()
+
+
+def test_inline_file_that_is_not_text(tmp_path: Path) -> None:
+    step = {"target": str(tmp_path / "task"), "inline": {"a.txt": 1}, "what": "code"}
+    with pytest.raises(UnpackError, match=r"code: inline file 'a\.txt' is not text"):
+        unpack.run(plan(tmp_path, step))
+
+
 def test_symlinks_are_kept_inside(tmp_path: Path, served: Served) -> None:
     package = served.add("s", make_zip({"real.txt": b"r", "link.txt": (b"real.txt", 0o120777)}))
     unpack.run(plan(tmp_path, {"target": str(tmp_path / "task"), "zip": package}))
