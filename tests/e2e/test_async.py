@@ -32,7 +32,7 @@ from tests.e2e.kube import (
     names,
     wait_until,
 )
-from tests.e2e.test_runtimes import await_function, function
+from tests.e2e.test_runtimes import await_function, function, is_ready
 
 EVENTS = 1000
 FLAKY = """
@@ -199,6 +199,51 @@ def test_every_event_ends_in_exactly_one_of_success_or_dlq(
         assert letter["attempts"] == 3
         assert letter["errorMessage"]
     print(f"\naccepted {EVENTS} events in {accepted_s:.1f} s; dead letters: {len(letters)}")
+
+
+def test_no_event_is_lost_across_scale_down_and_back(
+    lam: Any, async_namespace: str, sink: RecordSink
+) -> None:
+    """Events come in waves around a short idle period, so the function keeps scaling down
+    (to zero between waves) and back up while events are queued and delivered. With no
+    retry allowed, an attempt lost to a pod going away would end in the DLQ."""
+    ns = async_namespace
+    apply(
+        flaky(
+            "waves",
+            scaling={"idleSeconds": 2},
+            **{"async": {"maximumRetryAttempts": 0, "onSuccess": {"url": sink.url}}},
+        ),
+        ns,
+    )
+    # Its first pod may be gone again by the time one looks: Ready=True is enough.
+    wait_until(lambda: is_ready("function", "waves", ns), 90, "waves Ready")
+    ids: list[str] = []
+    scale_downs = 0
+    last = 1
+    for wave in range(5):
+        ids += send_events(lam, "waves", [{"n": wave * 100 + i} for i in range(20)])
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            desired = int(get("deployment", "fn-waves-latest", ns)["spec"].get("replicas") or 0)
+            scale_downs += desired < last
+            last = desired
+            time.sleep(0.3)
+    dlq = Dlq()
+
+    def delivered() -> set[str] | None:
+        done = {
+            r["requestContext"]["requestId"]
+            for r in sink.snapshot()
+            if r["requestContext"]["functionArn"].endswith(":function:waves:$LATEST")
+        }
+        return done if done >= set(ids) or dlq.letters(ns, "waves") else None
+
+    done = wait_until(delivered, 120, "every event delivered", interval=1)
+    assert dlq.letters(ns, "waves") == []
+    assert done >= set(ids)
+    print(f"\n{len(ids)} events delivered across {scale_downs} scale-downs")
+    assert scale_downs >= 3
 
 
 def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(
