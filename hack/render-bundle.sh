@@ -10,7 +10,7 @@ mkdir -p "$repo_root/deploy"
   echo "#   kubectl create namespace kubelambda-system"
   echo "#   kubectl -n kubelambda-system create secret generic kubelambda-store \\"
   echo "#     --from-literal=uploadToken=\$(openssl rand -hex 20) --from-literal=signingKey=\$(openssl rand -hex 20)"
-  echo "#   kubectl -n kubelambda-system create secret generic kubelambda-invoker --from-literal=adminToken=\$(openssl rand -hex 20)"
+  echo "#   kubectl -n kubelambda-system create secret generic kubelambda-invoker --from-literal=adminToken=\$(openssl rand -hex 20) --from-literal=internalToken=\$(openssl rand -hex 20)"
   echo "#   kubectl apply --server-side -f deploy/kubelambda.yaml"
   printf -- '---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubelambda-system\n'
   helm template kubelambda "$repo_root/charts/kubelambda" --namespace kubelambda-system \

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -204,9 +205,10 @@ def test_every_event_ends_in_exactly_one_of_success_or_dlq(
 def test_no_event_is_lost_across_scale_down_and_back(
     lam: Any, async_namespace: str, sink: RecordSink
 ) -> None:
-    """Events come in waves around a short idle period, so the function keeps scaling down
-    (to zero between waves) and back up while events are queued and delivered. With no
-    retry allowed, an attempt lost to a pod going away would end in the DLQ."""
+    """Waves of events around a short idle period: each wave is sent the moment the function
+    starts scaling down after the previous one, so events are queued and delivered while its
+    pods go away, and from zero. With no retry allowed, an attempt lost to a pod going away
+    would end in the DLQ."""
     ns = async_namespace
     apply(
         flaky(
@@ -218,32 +220,38 @@ def test_no_event_is_lost_across_scale_down_and_back(
     )
     # Its first pod may be gone again by the time one looks: Ready=True is enough.
     wait_until(lambda: is_ready("function", "waves", ns), 90, "waves Ready")
-    ids: list[str] = []
-    scale_downs = 0
-    last = 1
-    for wave in range(5):
-        ids += send_events(lam, "waves", [{"n": wave * 100 + i} for i in range(20)])
-        deadline = time.monotonic() + 7
-        while time.monotonic() < deadline:
-            desired = int(get("deployment", "fn-waves-latest", ns)["spec"].get("replicas") or 0)
-            scale_downs += desired < last
-            last = desired
-            time.sleep(0.3)
     dlq = Dlq()
 
-    def delivered() -> set[str] | None:
-        done = {
+    def replicas() -> int:
+        return int(get("deployment", "fn-waves-latest", ns)["spec"].get("replicas") or 0)
+
+    def delivered() -> set[str]:
+        return {
             r["requestContext"]["requestId"]
             for r in sink.snapshot()
             if r["requestContext"]["functionArn"].endswith(":function:waves:$LATEST")
         }
-        return done if done >= set(ids) or dlq.letters(ns, "waves") else None
 
-    done = wait_until(delivered, 120, "every event delivered", interval=1)
+    def settled(expected: set[str]) -> bool:
+        return delivered() >= expected or bool(dlq.letters(ns, "waves"))
+
+    def below(peak: int) -> bool:
+        return replicas() < peak
+
+    ids: list[str] = []
+    for wave in range(4):
+        wave_ids = send_events(lam, "waves", [{"n": wave * 100 + i} for i in range(25)])
+        ids += wave_ids
+        wait_until(partial(settled, set(wave_ids)), 90, f"wave {wave} delivered")
+        wait_until(partial(below, max(replicas(), 1)), 60, f"a scale-down after wave {wave}")
+    wait_until(partial(settled, set(ids)), 90, "every event")
     assert dlq.letters(ns, "waves") == []
-    assert done >= set(ids)
-    print(f"\n{len(ids)} events delivered across {scale_downs} scale-downs")
-    assert scale_downs >= 3
+    assert delivered() >= set(ids)
+    # The last scale-down took it to zero: the next event starts it from nothing.
+    wait_until(lambda: replicas() == 0, 60, "zero instances")
+    last = send_events(lam, "waves", [{"n": 999}])
+    wait_until(lambda: delivered() >= set(last), 90, "an event at zero instances delivered")
+    assert dlq.letters(ns, "waves") == []
 
 
 def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(

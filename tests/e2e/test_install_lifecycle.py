@@ -132,6 +132,7 @@ def test_kubectl_bundle_installs_and_removes_cleanly(namespace: str) -> None:
         "generic",
         "kubelambda-invoker",
         f"--from-literal=adminToken={secrets.token_hex(20)}",
+        f"--from-literal=internalToken={secrets.token_hex(20)}",
     )
     kubectl("apply", "--server-side", "--force-conflicts", "-f", BUNDLE)
     wait_operator_ready()

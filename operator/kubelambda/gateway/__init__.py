@@ -31,6 +31,11 @@ KUBELAMBDA_GATEWAY_DRAIN_DELAY_SECONDS   on SIGTERM, time between turning unread
                                          the listener, default 0 (set a few seconds in a
                                          cluster so endpoints catch up)
 KUBELAMBDA_GATEWAY_LOG_LEVEL             default INFO
+KUBELAMBDA_GATEWAY_SIGV4                 ``namespaces`` (default): verify SigV4 where a namespace
+                                         holds access keys; ``required``: everywhere (no keys, no
+                                         call); ``off``
+KUBELAMBDA_GATEWAY_INTERNAL_TOKEN        what the platform's own callers (the invoker) present
+                                         in ``X-Kubelambda-Internal-Token`` instead of a signature
 AWS_REGION                               region in ARNs, default ``us-east-1``
 KUBERNETES_SERVICE_HOST/PORT             in-cluster API server (service account token and CA
                                          from /var/run/secrets/kubernetes.io/serviceaccount);
@@ -48,7 +53,9 @@ that ran is in ``X-Amz-Executed-Version``); one in the name and another in the q
 ``X-Amz-Invocation-Type``: ``RequestResponse`` (relayed to a pod's agent), ``Event`` (handed to
 the async publisher, 202; 501 ``ServiceException`` while none is configured), ``DryRun`` (204).
 ``X-Amz-Log-Type``, ``X-Amz-Client-Context`` and ``X-Amzn-Trace-Id`` reach the function.
-SigV4 ``Authorization`` is accepted unverified for now (``auth.Authenticator`` is the hook).
+SigV4: a namespace holding Secret ``kubelambda-access-keys`` (access key id -> secret access
+key) accepts only calls signed with one of its keys; 403 ``MissingAuthenticationTokenException``
+/ ``UnrecognizedClientException`` / ``InvalidSignatureException`` otherwise (``access.py``).
 
 ``POST /namespaces/<namespace>/2015-03-31/functions/<FunctionName>/invocations`` - the same for
 any namespace. AWS SDKs reach it unchanged by putting the prefix in the endpoint URL, e.g.

@@ -1,22 +1,25 @@
-"""Who may call: the hook where SigV4 verification will go.
+"""Who may call: the Invoke API asks an ``Authenticator`` before anything else.
 
-boto3 and the AWS CLI sign every call with SigV4 (service ``lambda``). Verifying signatures
-needs access keys the platform does not manage yet, so for now every caller is accepted;
-an ``Authenticator`` that checks ``Authorization`` against known keys replaces ``AcceptAll``.
+``AcceptAll`` lets every call through (tests, and ``KUBELAMBDA_GATEWAY_SIGV4=off``);
+``access.AccessKeyAuthenticator`` checks SigV4 signatures against each namespace's keys.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from kubelambda.gateway.httpserver import Request, Response
 
+Verdict = Response | None | Coroutine[Any, Any, Response | None]
+"""None lets the call through; a Response refuses it (403 and friends); a coroutine decides
+once what it needs was read (the first call of a namespace)."""
+
 
 class Authenticator(Protocol):
-    def authenticate(self, request: Request, namespace: str) -> Response | None:
-        """None to let the request through, else the error answer (403 and friends)."""
+    def authenticate(self, request: Request, namespace: str) -> Verdict: ...
 
 
 class AcceptAll:
-    def authenticate(self, request: Request, namespace: str) -> Response | None:
+    def authenticate(self, request: Request, namespace: str) -> Verdict:
         return None

@@ -10,6 +10,8 @@ from kubelambda.envconfig import ConfigError, env_int, env_number
 # ConfigError is exported with load_config, which raises it, so callers import both from here.
 __all__ = ["ConfigError", "GatewayConfig", "load_config"]
 
+SIGV4_MODES = ("off", "namespaces", "required")
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -27,6 +29,8 @@ class GatewayConfig:
     drain_delay_s: float = 0.0
     kubeconfig: str | None = None
     autoscaler_url: str | None = None  # the operator's autoscaler; None: no demand reports
+    sigv4: str = "namespaces"  # off | namespaces | required (see access.py)
+    internal_token: str = ""  # what the platform's own callers present instead of a signature
 
 
 def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> GatewayConfig:
@@ -46,4 +50,15 @@ def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> Gatewa
         drain_delay_s=env_number(env, prefix + "DRAIN_DELAY_SECONDS", 0.0, 0.0),
         kubeconfig=kubeconfig or env.get("KUBECONFIG") or None,
         autoscaler_url=env.get("KUBELAMBDA_AUTOSCALER_URL") or None,
+        sigv4=_sigv4_mode(env.get(prefix + "SIGV4") or "namespaces"),
+        internal_token=env.get(prefix + "INTERNAL_TOKEN") or "",
     )
+
+
+def _sigv4_mode(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in SIGV4_MODES:
+        raise ConfigError(
+            f"KUBELAMBDA_GATEWAY_SIGV4 must be one of {', '.join(SIGV4_MODES)}, got {raw!r}"
+        )
+    return mode

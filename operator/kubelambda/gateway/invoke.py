@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from kubelambda.gateway.auth import AcceptAll, Authenticator
@@ -172,9 +173,30 @@ class InvokeApi:
     # --- the Invoke operation --------------------------------------------------------------
 
     def _invoke(self, request: Request, namespace: str, name: str, query: bytes) -> HandlerResult:
-        denied = self._authenticator.authenticate(request, namespace)
+        verdict = self._authenticator.authenticate(request, namespace)
+        if verdict is None:
+            return self._authenticated(request, namespace, name, query)
+        if isinstance(verdict, Response):
+            return verdict
+        return self._once_authenticated(verdict, request, namespace, name, query)
+
+    async def _once_authenticated(
+        self,
+        verdict: Coroutine[Any, Any, Response | None],
+        request: Request,
+        namespace: str,
+        name: str,
+        query: bytes,
+    ) -> Response:
+        denied = await verdict
         if denied is not None:
             return denied
+        result = self._authenticated(request, namespace, name, query)
+        return result if isinstance(result, Response) else await result
+
+    def _authenticated(
+        self, request: Request, namespace: str, name: str, query: bytes
+    ) -> HandlerResult:
         invocation_type = request.headers.get(b"x-amz-invocation-type", b"RequestResponse")
         limit = MAX_EVENT_BYTES if invocation_type == b"Event" else MAX_REQUEST_BYTES
         if request.too_large or len(request.body) > limit:

@@ -8,10 +8,12 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import aiohttp
 import uvloop
 
+from kubelambda.gateway.access import AccessKeyAuthenticator
 from kubelambda.gateway.apiauth import ReadSecret
 from kubelambda.gateway.auth import Authenticator
 from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, LocalCounter
@@ -192,7 +194,14 @@ async def run(config: GatewayConfig, connection: KubeConnection) -> None:
         publisher = NatsPublisher.from_env(os.environ)
         if publisher is not None:
             publisher.start()  # connects in the background; Events get 503 until then
-        gateway = Gateway(config, read_secret=kube.read_secret, publisher=publisher)
+        authenticator = None
+        if config.sigv4 != "off":
+            authenticator = AccessKeyAuthenticator(
+                kube.read_secret, time.monotonic, config.internal_token, config.sigv4
+            )
+        gateway = Gateway(
+            config, read_secret=kube.read_secret, publisher=publisher, authenticator=authenticator
+        )
         await gateway.start()
         watches = [
             loop.create_task(ResourceWatch(kube, resource, gateway.table, synced).run())

@@ -42,6 +42,8 @@ KUBELAMBDA_INVOKER_GATEWAY_URL              the gateway, default ``http://127.0.
 KUBELAMBDA_INVOKER_ADMIN_PORT               admin API and health, default 8081
 KUBELAMBDA_INVOKER_ADMIN_TOKEN              bearer token of the DLQ admin API (unset: the API
                                             answers 503)
+KUBELAMBDA_INVOKER_INTERNAL_TOKEN           sent to the gateway (``X-Kubelambda-Internal-Token``)
+                                            instead of a SigV4 signature
 KUBELAMBDA_INVOKER_METRICS_PORT             Prometheus ``/metrics``, default 9090
 KUBELAMBDA_INVOKER_FUNCTION_CONCURRENCY     events of one function run at once per replica,
                                             default 64

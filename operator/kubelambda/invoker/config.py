@@ -20,6 +20,8 @@ class InvokerConfig:
     admin_port: int = 8081
     metrics_port: int = 9090
     admin_token: str | None = None
+    internal_token: str = ""
+    """Presented to the gateway instead of a SigV4 signature (namespaces may require one)."""
     region: str = "us-east-1"
     function_concurrency: int = 64
     retry_base_s: float = 60.0
@@ -62,6 +64,7 @@ def load_config(env: Mapping[str, str], kubeconfig: str | None = None) -> Invoke
         admin_port=env_int(env, p + "ADMIN_PORT", 8081, 0),
         metrics_port=env_int(env, p + "METRICS_PORT", 9090, 0),
         admin_token=env.get(p + "ADMIN_TOKEN") or None,
+        internal_token=env.get(p + "INTERNAL_TOKEN") or "",
         region=env.get("AWS_REGION") or "us-east-1",
         function_concurrency=env_int(env, p + "FUNCTION_CONCURRENCY", 64, 1),
         retry_base_s=env_number(env, p + "RETRY_BASE_SECONDS", 60.0, 0.001),

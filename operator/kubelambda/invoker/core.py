@@ -114,10 +114,14 @@ class Invoker:
         self.metrics = metrics or InvokerMetrics()
         self.workers: dict[FunctionKey, FunctionWorker] = {}
         self._directory_changed = asyncio.Event()
-        self._gateway = GatewayClient(config.gateway_url)
+        self._gateway = GatewayClient(config.gateway_url, config.internal_token)
         self._clock = clock
         self._destinations = DestinationSender(
-            session, broker, config.gateway_url, config.destination_timeout_s
+            session,
+            broker,
+            config.gateway_url,
+            config.destination_timeout_s,
+            internal_token=config.internal_token,
         )
 
     def now_ms(self) -> int:
@@ -404,19 +408,21 @@ class GatewayClient:
     client (``UpstreamPool``): every delivery crosses it, and a general-purpose client costs
     several times its CPU per request."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, internal_token: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the gateway URL must be http://host[:port], not {url!r}")
         port = parts.port or 80
         self.address = (parts.hostname, port)
-        self._host = f"Host: {parts.hostname}:{port}\r\n".encode()
+        self._fixed_headers = f"Host: {parts.hostname}:{port}\r\n".encode()
+        if internal_token:
+            self._fixed_headers += f"X-Kubelambda-Internal-Token: {internal_token}\r\n".encode()
         self.pool = UpstreamPool()
 
     def head(self, path: str, event: Event) -> bytes:
         lines = [
             f"POST {path} HTTP/1.1\r\n".encode(),
-            self._host,
+            self._fixed_headers,
             b"Content-Type: application/json\r\n",
             b"Content-Length: %d\r\n" % len(event.payload),
         ]

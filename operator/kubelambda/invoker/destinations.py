@@ -45,9 +45,12 @@ class DestinationSender:
         broker: Broker,
         gateway_url: str,
         timeout_s: float = 10.0,
+        *,
         backoff_s: tuple[float, ...] = BACKOFF_S,
+        internal_token: str = "",
     ) -> None:
         self._session = session
+        self._internal_token = internal_token
         self._broker = broker
         self._gateway_url = gateway_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -82,6 +85,8 @@ class DestinationSender:
                 "X-Amz-Invocation-Type": "Event",
                 "Content-Type": "application/json",
             }
+            if self._internal_token:
+                headers["X-Kubelambda-Internal-Token"] = self._internal_token
             expected: tuple[int, ...] = (202,)
         else:
             url = str(destination.url)

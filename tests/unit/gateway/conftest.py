@@ -236,7 +236,11 @@ def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
     running: list[RunningGateway] = []
 
     def start(**settings: Any) -> RunningGateway:
-        hooks = {k: settings.pop(k) for k in ("publisher", "waker", "read_secret") if k in settings}
+        hooks = {
+            k: settings.pop(k)
+            for k in ("publisher", "waker", "read_secret", "authenticator")
+            if k in settings
+        }
         config = GatewayConfig(**({"port": 0, "metrics_port": 0} | settings))
         gateway = RunningGateway(Gateway(config, **hooks))
         running.append(gateway)
