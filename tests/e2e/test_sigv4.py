@@ -70,8 +70,20 @@ def set_keys(namespace: str, keys: dict[str, str]) -> None:
     kubectl("-n", namespace, "replace", "--force", "-f", "-", stdin=json.dumps(body))
 
 
+_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Closed after each test: a client's pooled socket left to the garbage collector fails
+    whichever test runs then."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(namespace: str, key_id: str, secret: str) -> Any:
-    return boto3.client(
+    lam = boto3.client(
         "lambda",
         endpoint_url=f"{gateway_url()}/namespaces/{namespace}",
         region_name="eu-west-1",
@@ -79,6 +91,8 @@ def client(namespace: str, key_id: str, secret: str) -> Any:
         aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 0}),
     )
+    _clients.append(lam)
+    return lam
 
 
 def error_of(call: Any) -> tuple[int, str]:
@@ -116,6 +130,7 @@ def test_other_calls_get_lambdas_answers(signed_namespace: str) -> None:
     )
     unsigned = connection.getresponse()
     unsigned.read()
+    connection.close()
     assert unsigned.status == 403
     assert unsigned.getheader("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
 
@@ -124,6 +139,7 @@ def test_a_namespace_without_keys_takes_unsigned_calls() -> None:
     # Every other e2e module calls with made-up credentials; one check here, on the default
     # namespace's DryRun, keeps this module's claim honest.
     lam = lambda_client("default")
+    _clients.append(lam)
     error = error_of(lambda: lam.invoke(FunctionName="nothing-here", InvocationType="DryRun"))
     assert error == (404, "ResourceNotFoundException")
 
