@@ -90,9 +90,16 @@ class Autoscaler:
         self._woken.pop(key, None)
         self._started.pop(key, None)
 
-    def started(self, key: VersionKey, address: str, now: float) -> None:
-        """A pod of ``key`` announced that it serves at ``address`` (host:port)."""
+    def started(self, key: VersionKey, address: str, now: float) -> bool:
+        """A pod of ``key`` announced that it serves at ``address`` (host:port). Not news if
+        the version is at zero: the pod finished initialising after its scale-down, it is on
+        its way out (a scale from zero asks for instances before any of them announces). True if
+        it is news."""
+        workload = self.workloads.get(key)
+        if workload is not None and workload.replicas == 0:
+            return False
         self._started.setdefault(key, {})[address] = now
+        return True
 
     def recently_started(self, key: VersionKey, now: float) -> list[str]:
         """Addresses of ``key`` announced in the last STARTED_NEWS_S, newest first."""

@@ -232,7 +232,8 @@ class AutoscalerService:
             log.warning("refused an announcement of %s from %s", host, request.remote)
             return _error(403, f"address {host} is not the caller ({request.remote})")
         self._announcements.labels("accepted").inc()
-        self.scaler.started(key, address, time.monotonic())
+        if not self.scaler.started(key, address, time.monotonic()):
+            return web.Response(status=204)
         for waiter in self._started_waiters.pop(key, set()):
             if not waiter.done():
                 waiter.set_result(None)

@@ -45,7 +45,8 @@ class Observation:
 
 
 def deployment_rollout(deployment: Mapping[str, Any] | None) -> tuple[int, int, bool]:
-    """(desired, ready, rolled_out) of a Deployment; rolled out: all desired pods current+ready."""
+    """(desired, ready, rolled_out) of a Deployment; rolled out: all desired pods current and
+    ready, and no pod of an older template left (it would still answer calls)."""
     if deployment is None:
         return 0, 0, False
     spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
@@ -54,7 +55,8 @@ def deployment_rollout(deployment: Mapping[str, Any] | None) -> tuple[int, int, 
     updated = int(status.get("updatedReplicas") or 0)
     observed = int(status.get("observedGeneration") or 0)
     generation = int(deployment.get("metadata", {}).get("generation") or 0)
-    current = observed >= generation and updated >= spec_replicas
+    pods = int(status.get("replicas") or 0)
+    current = observed >= generation and updated >= spec_replicas and pods <= updated
     return spec_replicas, ready, current and ready >= spec_replicas
 
 

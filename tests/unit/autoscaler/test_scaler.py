@@ -112,6 +112,17 @@ def test_scaling_down_drops_the_news() -> None:
     assert scaler.recently_started(KEY, 2) == []
 
 
+def test_a_pod_announced_after_its_version_went_to_zero_is_no_news() -> None:
+    """A pod whose runtime finished initialising after the scale to zero is going away: a
+    gateway handed its address would wait on a dead one."""
+    scaler = Autoscaler()
+    scaler.observe(KEY, ScalingPolicy(idle_seconds=0), replicas=1, ready=0)
+    [action] = scaler.decisions(2)
+    scaler.scaled(action)
+    scaler.started(KEY, "10.0.0.1:8080", now=3)
+    assert scaler.recently_started(KEY, 4) == []
+
+
 def test_report_entries_are_validated() -> None:
     entries = [
         {"namespace": "a", "function": "f", "version": "1", "peak": 2},

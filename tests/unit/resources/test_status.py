@@ -12,12 +12,19 @@ T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
 
 
 def deployment(
-    replicas: int, ready: int, updated: int, generation: int = 2, observed: int = 2
+    replicas: int,
+    ready: int,
+    updated: int,
+    *,
+    generation: int = 2,
+    observed: int = 2,
+    total: int | None = None,
 ) -> dict[str, Any]:
     return {
         "metadata": {"generation": generation},
         "spec": {"replicas": replicas},
         "status": {
+            "replicas": updated if total is None else total,
             "readyReplicas": ready,
             "updatedReplicas": updated,
             "observedGeneration": observed,
@@ -33,6 +40,9 @@ def deployment(
         (deployment(1, 0, 1), (1, 0, False)),
         (deployment(2, 2, 1), (2, 2, False)),  # rollout still replacing old pods
         (deployment(1, 1, 1, generation=3, observed=2), (1, 1, False)),  # new spec not seen yet
+        # The new pod is ready, the old one not yet gone: it would still answer calls.
+        (deployment(1, 2, 1, total=2), (1, 2, False)),
+        (deployment(0, 0, 0), (0, 0, True)),
     ],
 )
 def test_deployment_rollout(body: dict[str, Any] | None, expected: tuple[int, int, bool]) -> None:
