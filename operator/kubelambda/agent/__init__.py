@@ -36,6 +36,8 @@ KUBELAMBDA_PROC_ROOT                external mode: where the runtime's processes
 KUBELAMBDA_POOL_TOKEN               warm-pool mode: start with no function, wait for
                                     ``POST /v1/specialize`` with this bearer token (see
                                     ``agent/pool.py``)
+KUBELAMBDA_POOL_DIR                 warm-pool mode: the only directory a specialisation may
+                                    unpack into (and empty)
 ==================================  ==========================================================
 
 Runtime commands: python -> ``python3 $KUBELAMBDA_RUNTIME_DIR/bootstrap.py``; nodejs ->

@@ -51,6 +51,7 @@ from kubelambda.agent.httpio import serve as serve_http
 from kubelambda.agent.unpack import UnpackError
 
 POOL_TOKEN_ENV = "KUBELAMBDA_POOL_TOKEN"
+POOL_DIR_ENV = "KUBELAMBDA_POOL_DIR"
 SPECIALIZE_PATH = "/v1/specialize"
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 16 * 1024 * 1024  # inline code travels in the body
@@ -105,6 +106,22 @@ def parse_specialization(body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise BadRequest("unpack.steps must be a list of objects")
     return env, plan
+
+
+def confine(plan: Mapping[str, Any], pool_dir: str) -> None:
+    """A pool pod takes code from zip packages and inline files only, and writes it under its
+    pool directory (when one is set): a plan cannot copy the pod's own files, nor write or
+    empty anything else."""
+    for step in plan["steps"]:
+        if not ("zip" in step or "inline" in step):
+            raise BadRequest("a pool pod takes zip and inline steps only")
+    if not pool_dir:
+        return
+    base = os.path.realpath(pool_dir) + os.sep
+    paths = [*plan.get("roots", []), *(step.get("target") for step in plan["steps"])]
+    for path in paths:
+        if not isinstance(path, str) or not os.path.realpath(path).startswith(base):
+            raise BadRequest(f"{path!r} is not under the pool directory {pool_dir}")
 
 
 def make_read_only(roots: Iterable[str]) -> None:
@@ -188,6 +205,7 @@ class PoolEndpoint:
             return
         try:
             env, plan = parse_specialization(request.body)
+            confine(plan, self._base_env.get(POOL_DIR_ENV, ""))
             environ = self._base_env | env
             # Checked before anything is downloaded; loaded again once the code is in place
             # (a custom runtime's bootstrap is looked up among the files).
@@ -225,6 +243,8 @@ class PoolEndpoint:
             traceback.print_exc(file=sys.stderr)
             failure = _error(422, f"unpacking failed: {problem!r}")
         else:
+            posted = {k: v for k, v in environ.items() if self._base_env.get(k) != v}
+            save_specialization(self._base_env, posted)
             self._state = _State.SPECIALIZED
             request.keep_alive = False  # the next request goes to the function's server
             conn.respond(_SPECIALIZED)
@@ -270,12 +290,48 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _state_file(environ: Mapping[str, str]) -> str | None:
+    pool_dir = environ.get(POOL_DIR_ENV, "")
+    return os.path.join(pool_dir, "state", "specialization.json") if pool_dir else None
+
+
+def save_specialization(environ: Mapping[str, str], posted: Mapping[str, str]) -> None:
+    """Keep the posted environment next to the code (emptyDirs outlive a container): an
+    agent restarted in this pod (OOM, crash) comes back as the function, not as a pool pod."""
+    path = _state_file(environ)
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as state:
+            json.dump(dict(posted), state)
+
+
+def saved_specialization(environ: Mapping[str, str]) -> dict[str, str] | None:
+    path = _state_file(environ)
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as state:
+        saved: dict[str, str] = json.load(state)
+    return saved
+
+
 async def wait_for_specialization(environ: Mapping[str, str]) -> AgentConfig | None:
     """Serve the pool endpoint until specialised: the function's configuration, with its code
-    in place and the port free again; None on SIGTERM or SIGINT.
+    in place and the port free again; None on SIGTERM or SIGINT. An agent restarted in a pod
+    specialised before is that function again at once.
 
     The signal handlers stay installed when this returns: ``serve`` replaces them before
     the loop runs again, so a signal during the switch is never lost."""
+    saved = saved_specialization(environ)
+    if saved is not None:
+        own = {k: v for k, v in environ.items() if k != POOL_TOKEN_ENV}
+        config = load_config(own | saved)
+        print(
+            f"kubelambda-agent: restarted as {config.function_name}:{config.version}"
+            " (specialised before)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return config
     port = _int(environ, "KUBELAMBDA_INVOKE_PORT", 8080, 0)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

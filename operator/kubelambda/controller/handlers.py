@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from kubelambda.controller import kube
 from kubelambda.controller.aliases import update_alias_status
@@ -172,3 +173,7 @@ def namespace_changed(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> No
             reconcile_pools(name, metadata.get("annotations") or {}, CONFIG)
     except PoolAnnotationError as problem:
         logger.warning("%s: %s", name, problem)
+    except ApiException:
+        # Event handlers are not retried: the namespace's next change (or the operator's
+        # restart) reconciles its pools again.
+        logger.exception("reconciling the warm pools of %s failed", name)

@@ -33,8 +33,9 @@ from kubelambda.resources.pool import (
 
 log = logging.getLogger(__name__)
 
-# Long enough for the agent to fetch and unpack a 50 MB package.
-SPECIALIZE_TIMEOUT_S = 60.0
+# The decision pass waits for a specialisation (inline code takes milliseconds; a package is
+# fetched from the code store in the cluster): past this, the Deployment takes over.
+SPECIALIZE_TIMEOUT_S = 10.0
 # A runtime's init that takes longer (a heavy handler module) no longer holds up the relabel.
 INIT_WAIT_S = 3.0
 INIT_POLL_S = 0.01
@@ -141,9 +142,13 @@ async def _post_specialization(
                 # 409: being specialised; 404: specialised already (its function answers).
                 taken = response.status in (404, 409)
                 raise SpecializationFailed(f"HTTP {response.status}: {detail}", taken)
-    except (aiohttp.ClientError, TimeoutError) as problem:
+    except aiohttp.ClientConnectorError as problem:
         # Gone, or not listening: not a pod to give a function to.
         raise SpecializationFailed(repr(problem), taken=True) from None
+    except (aiohttp.ClientError, TimeoutError) as problem:
+        # Sent, but no answer: the agent may yet specialise itself. The pod must go, or it
+        # would serve a function nothing counts.
+        raise SpecializationFailed(repr(problem)) from None
 
 
 async def _until_initialised(address: str) -> None:
@@ -215,7 +220,10 @@ async def adopt_pool_pod(
                 # The agent refused the plan or could not unpack the code: the Deployment's
                 # own pod will say why on the Function's status.
                 log.warning("specialising pool pod %s/%s failed: %s", namespace, name, problem)
-                await asyncio.to_thread(kube.delete, "v1", "Pod", name, namespace)
+                try:
+                    await asyncio.to_thread(kube.delete, "v1", "Pod", name, namespace)
+                except Exception:
+                    log.exception("deleting pool pod %s/%s failed", namespace, name)
                 return None
             log.info(
                 "pool pod %s/%s specialised as %s in %.0f ms",

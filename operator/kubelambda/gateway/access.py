@@ -67,8 +67,10 @@ class AccessKeyAuthenticator:
         clock: Callable[[], float],
         internal_token: str = "",
         mode: str = "namespaces",
+        has_functions: Callable[[str], bool] = lambda namespace: True,
     ) -> None:
         self._read_secret = read_secret
+        self._has_functions = has_functions
         self._clock = clock
         self._internal_token = internal_token.encode()
         self._required = mode == "required"
@@ -86,6 +88,9 @@ class AccessKeyAuthenticator:
             return None
         entry = self._cache.get(namespace)
         if entry is None:
+            if not self._has_functions(namespace):
+                # Nothing to call there: no Secret read, no cache entry for a made-up name.
+                return self._verdict(_Keys(None, 0.0), request, namespace)
             return self._after_reading(request, namespace)
         if entry.expires <= self._clock():
             self._refresh(namespace)  # in the background: this call uses the keys at hand

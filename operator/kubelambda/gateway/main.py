@@ -194,13 +194,22 @@ async def run(config: GatewayConfig, connection: KubeConnection) -> None:
         publisher = NatsPublisher.from_env(os.environ)
         if publisher is not None:
             publisher.start()  # connects in the background; Events get 503 until then
+        table = RoutingTable(config.region)
         authenticator = None
         if config.sigv4 != "off":
             authenticator = AccessKeyAuthenticator(
-                kube.read_secret, time.monotonic, config.internal_token, config.sigv4
+                kube.read_secret,
+                time.monotonic,
+                config.internal_token,
+                config.sigv4,
+                has_functions=table.has_functions,
             )
         gateway = Gateway(
-            config, read_secret=kube.read_secret, publisher=publisher, authenticator=authenticator
+            config,
+            table,
+            read_secret=kube.read_secret,
+            publisher=publisher,
+            authenticator=authenticator,
         )
         await gateway.start()
         watches = [

@@ -14,6 +14,7 @@ import functools
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,8 @@ class RoutingTable:
     def __init__(self, region: str = "us-east-1") -> None:
         self._arn_prefix = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:"
         self._functions: dict[FunctionKey, FunctionConfig] = {}
+        self._namespaces: Counter[str] = Counter()
+        """Functions per namespace."""
         # Alias objects by (namespace, object name); the index by (namespace, function, alias
         # name) is what requests use. Two objects claiming one alias name: the last one wins.
         self._alias_objects: dict[tuple[str, str], AliasConfig] = {}
@@ -238,6 +241,7 @@ class RoutingTable:
             return
         if kind == FUNCTION:
             self._functions.clear()
+            self._namespaces.clear()
         elif kind == ALIAS:
             self._alias_objects.clear()
             self._aliases.clear()
@@ -257,10 +261,20 @@ class RoutingTable:
 
     def _apply_function(self, obj: Mapping[str, Any], deleted: bool) -> None:
         key = self._object_key(obj)
+        namespace = key[0]
         if deleted:
-            self._functions.pop(key, None)
+            if self._functions.pop(key, None) is not None:
+                self._namespaces[namespace] -= 1
+                if not self._namespaces[namespace]:
+                    del self._namespaces[namespace]
         else:
+            if key not in self._functions:
+                self._namespaces[namespace] += 1
             self._functions[key] = function_config(obj)
+
+    def has_functions(self, namespace: str) -> bool:
+        """Whether ``namespace`` holds any Function (a call elsewhere can only get a 404)."""
+        return namespace in self._namespaces
 
     def _apply_alias(self, obj: Mapping[str, Any], deleted: bool) -> None:
         object_key = self._object_key(obj)

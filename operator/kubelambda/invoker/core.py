@@ -276,8 +276,8 @@ class Invoker:
 
     async def _try(self, delivery: Delivery, event: Event, settings: FunctionSettings) -> Outcome:
         path = (
-            f"/namespaces/{quote(event.namespace)}"
-            f"/2015-03-31/functions/{quote(event.function)}/invocations"
+            f"/namespaces/{quote(event.namespace, safe='')}"
+            f"/2015-03-31/functions/{quote(event.function, safe='')}/invocations"
         )
         if event.qualifier:
             path += f"?Qualifier={quote(event.qualifier, safe='')}"

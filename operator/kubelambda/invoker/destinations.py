@@ -76,8 +76,8 @@ class DestinationSender:
         if destination.function is not None:
             name, _, qualifier = destination.function.partition(":")
             url = (
-                f"{self._gateway_url}/namespaces/{quote(namespace)}"
-                f"/2015-03-31/functions/{quote(name)}/invocations"
+                f"{self._gateway_url}/namespaces/{quote(namespace, safe='')}"
+                f"/2015-03-31/functions/{quote(name, safe='')}/invocations"
             )
             if qualifier:
                 url += f"?Qualifier={quote(qualifier, safe='')}"

@@ -32,6 +32,7 @@ function never ran), ``ErrorMessage`` (first 1 KiB, percent-encoded), plus ``Con
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
@@ -79,6 +80,10 @@ def event_subject(namespace: str, function: str) -> str:
 
 def dlq_subject(namespace: str, function: str) -> str:
     return f"{DLQ_PREFIX}.{namespace}.{function}"
+
+
+# What Kubernetes allows in namespace and object names: nothing that changes a URL path.
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 def subject_key(subject: str) -> tuple[str, str] | None:
@@ -154,8 +159,19 @@ class Event:
         )
 
     @classmethod
-    def from_message(cls, headers: Mapping[str, str] | None, payload: bytes) -> Event:
+    def from_message(
+        cls, headers: Mapping[str, str] | None, payload: bytes, subject: str | None = None
+    ) -> Event:
+        """The event a message holds. With ``subject`` (the message's), the headers must name
+        the function the subject does: the invoker calls the gateway with the platform's own
+        token, so a message published elsewhere must not pick another namespace's function."""
         headers = headers or {}
+        if subject is not None:
+            named = (headers.get(H_NAMESPACE), headers.get(H_FUNCTION))
+            if subject_key(subject) != named:
+                raise MalformedEvent(f"the headers name {named}, the subject {subject!r}")
+            if not all(NAME_PATTERN.fullmatch(str(part)) for part in named):
+                raise MalformedEvent(f"not a namespace and function name: {named}")
         try:
             last_status = headers.get(H_LAST_STATUS)
             last_error = headers.get(H_LAST_ERROR)

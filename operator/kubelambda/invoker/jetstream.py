@@ -166,7 +166,7 @@ class JetStreamDelivery:
         self._msg = msg
         self.malformed: str | None = None
         try:
-            self.event = Event.from_message(msg.headers, msg.data)
+            self.event = Event.from_message(msg.headers, msg.data, msg.subject)
         except MalformedEvent as exc:
             self.malformed = str(exc)
             namespace, function = subject_key(msg.subject) or ("", msg.subject)

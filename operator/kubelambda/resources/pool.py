@@ -56,7 +56,8 @@ SPECIALIZATION_ANNOTATION = f"{DOMAIN}/specialization"
 """On a version's Deployment: what to send a pool pod to make it an instance of the version."""
 
 # Where a pool pod's agent writes what it then serves read-only at /var/task and /opt.
-UNPACK_DIRS = {TASK_ROOT: "/kubelambda/pool/task", LAYERS_ROOT: "/kubelambda/pool/opt"}
+POOL_DIR = "/kubelambda/pool"
+UNPACK_DIRS = {TASK_ROOT: f"{POOL_DIR}/task", LAYERS_ROOT: f"{POOL_DIR}/opt"}
 POOL_MEMORY_MB = 128
 POOL_EPHEMERAL_STORAGE_MB = 512
 # Pool pods take functions of any timeout: an adopted pod drains its last invocation on
@@ -121,6 +122,8 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
         "imagePullPolicy": "IfNotPresent",
         "env": [
             {"name": "KUBELAMBDA_POOL_TOKEN", "value": token},
+            # The agent writes nowhere else, whatever a specialisation asks.
+            {"name": "KUBELAMBDA_POOL_DIR", "value": POOL_DIR},
             {"name": "KUBELAMBDA_INVOKE_PORT", "value": str(INVOKE_PORT)},
             {
                 "name": "KUBELAMBDA_NAMESPACE",
@@ -152,6 +155,8 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
             {"name": "opt", "mountPath": UNPACK_DIRS[LAYERS_ROOT]},
             {"name": "task", "mountPath": TASK_ROOT, "readOnly": True},
             {"name": "opt", "mountPath": LAYERS_ROOT, "readOnly": True},
+            # What it was specialised as: a restarted agent comes back as that function.
+            {"name": "state", "mountPath": f"{POOL_DIR}/state"},
         ],
     }
     return {
@@ -178,6 +183,7 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
                         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": tmp_size}},
                         {"name": "task", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
                         {"name": "opt", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
+                        {"name": "state", "emptyDir": {"sizeLimit": "1Mi"}},
                     ],
                 },
             },

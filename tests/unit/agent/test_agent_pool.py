@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from test_agent_announce import Autoscaler, announce_env
 
+from kubelambda.agent.pool import BadRequest, confine
+
 TOKEN = "pool-token-from-the-operator"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The harness starts agents with a function's variables: blank is how the agent reads absent.
@@ -319,3 +321,49 @@ def test_signal_in_the_pool_exits_at_once(pool: Pool, sig: signal.Signals) -> No
     pool.agent.proc.send_signal(sig)
     assert pool.agent.proc.wait(timeout=5) == 0
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("plan", "complaint"),
+    [
+        ({"roots": ["/pool/task"], "steps": [{"target": "/pool/task", "files": {}}]}, "zip and"),
+        ({"roots": ["/etc"], "steps": []}, "not under the pool directory"),
+        (
+            {"roots": ["/pool/task"], "steps": [{"target": "/pool/../etc", "inline": {}}]},
+            "not under the pool directory",
+        ),
+    ],
+)
+def test_a_pool_pod_unpacks_only_packages_and_inline_files_into_its_pool_dir(
+    plan: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(BadRequest, match=complaint):
+        confine(plan, "/pool")
+    confine({"roots": ["/pool/task"], "steps": [{"target": "/pool/task", "zip": {}}]}, "/pool")
+
+
+def test_a_restarted_agent_comes_back_as_the_function_it_became(
+    start_agent: Any, task_root: Path, tmp_path: Path
+) -> None:
+    """An OOM or a crash restarts the container, not the pod: its code is still there, and
+    it must not go back to the pool while its version's Service routes calls to it."""
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    pool_env = {
+        "KUBELAMBDA_POOL_TOKEN": TOKEN,
+        "KUBELAMBDA_POOL_DIR": str(tmp_path),
+        "KUBELAMBDA_NAMESPACE": "team",
+        "KUBELAMBDA_POD_IP": "10.1.2.3",
+        **NO_FUNCTION,
+    }
+    first = Pool(start_agent(**pool_env), task_root, opt)
+    reply = first.specialize(function_env(), first.plan(first.inline_code()))
+    assert reply.status == 200
+    first.wait_function_ready()
+    first.agent.stop()
+    again = Pool(start_agent(**pool_env), task_root, opt)
+    again.wait_function_ready()
+    assert again.agent.invoke({"name": "back"}).json()["function"] == "pooled-fn"
+    assert "restarted as pooled-fn:3 (specialised before)" in again.agent.logs()
+    for path in [task_root, opt, *task_root.rglob("*"), *opt.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)  # read-only code: let tmp_path go

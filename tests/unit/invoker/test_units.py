@@ -67,6 +67,19 @@ def test_dead_letter_round_trip_truncates_to_1_kib() -> None:
     assert back.sequence == 7
 
 
+def test_an_event_must_name_the_function_of_its_subject() -> None:
+    """Whoever can publish to NATS must not reach another namespace's function through the
+    invoker (it calls the gateway with the platform's own token)."""
+    minimal = Event("r", "team-a", "fn", None, b"", 5)
+    subject = event_subject("team-a", "fn")
+    assert Event.from_message(minimal.headers(), b"", subject) == minimal
+    with pytest.raises(MalformedEvent, match="the subject"):
+        Event.from_message(minimal.headers(), b"", event_subject("mine", "fn"))
+    forged = Event("r", "p%2Fx/y", "fn", None, b"", 5)
+    with pytest.raises(MalformedEvent, match="not a namespace"):
+        Event.from_message(forged.headers(), b"", event_subject("p%2Fx/y", "fn"))
+
+
 def test_malformed_event() -> None:
     with pytest.raises(MalformedEvent):
         Event.from_message({"Kubelambda-Request-Id": "x"}, b"")
