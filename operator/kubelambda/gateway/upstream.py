@@ -133,11 +133,20 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request (``head`` ends with the blank line); the response within ``timeout``."""
         idle = self._idle.get(address)
+        reused = bool(idle)
         conn = idle.pop() if idle else await self._connect(address)
         waiter = conn.send(head, body)
         timer = self._loop.call_later(timeout, self._expire, conn, waiter, timeout)
         try:
             response = await waiter
+        except UpstreamError:
+            conn.close()
+            if reused:
+                # Its idle siblings were opened to the same peer (behind a Service VIP, often
+                # the same backend) and may be as dead: a peer killed outright leaves them
+                # open here, each good for one more timeout. Open fresh ones instead.
+                self.drop_idle(address)
+            raise
         except BaseException:
             conn.close()  # mid-request: the connection's state is unknown
             raise
@@ -158,6 +167,11 @@ class UpstreamPool:
         if not waiter.done():
             waiter.set_exception(UpstreamTimeout(f"no response within {timeout:.1f} s"))
         conn.close()  # a late answer must not be read as the next request's
+
+    def drop_idle(self, address: Address) -> None:
+        """Close the idle connections to ``address``: the next request connects afresh."""
+        for conn in self._idle.pop(address, []):
+            conn.close()
 
     def forget(self, conn: _Connection) -> None:
         idle = self._idle.get(conn.address)

@@ -310,11 +310,15 @@ class Invoker:
             kind = THROTTLED
         elif status >= 500:
             kind = SERVICE_ERROR
+            if not error_type:  # not the gateway's: see below
+                self._gateway.pool.drop_idle(self._gateway.address)
         elif error_type:
             kind = REJECTED
         else:
             # Not the gateway's refusal (it always names the error type): a proxy or load
-            # balancer in between answered, e.g. while no gateway pod was ready. Try again.
+            # balancer in between answered, e.g. while no gateway pod was ready. Try again, on
+            # fresh connections: the kept-alive ones may all lead to that proxy.
+            self._gateway.pool.drop_idle(self._gateway.address)
             message = f"ServiceException: HTTP {status} from something other than the gateway"
             return Outcome(SERVICE_ERROR, Response(502), "502", message)
         return Outcome(kind, response, str(status), message)

@@ -112,6 +112,7 @@ class Call:
     body: bytes
     headers: dict[str, str]
     number: int  # 1 for the first call with this request id
+    peer_port: int = 0  # the invoker's end of the connection the call came on
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ class FakeGateway:
             body=await request.read(),
             headers=dict(request.headers),
             number=0,
+            peer_port=int((request.transport.get_extra_info("peername") or ("", 0))[1])
+            if request.transport is not None
+            else 0,
         )
         if request.headers.get("X-Amz-Invocation-Type") == "Event":
             self.events.append(call)

@@ -176,6 +176,10 @@ def test_a_4xx_not_from_the_gateway_is_retried(nats_server: NatsServer) -> None:
 
             await eventually(delivered, 10, "the event retried and delivered")
             assert await all_dead_letters(h.broker) == []
+            # Not reused: a kept-alive connection to whatever answered (a transparent proxy
+            # behind a Service VIP with no endpoint) would answer the same way forever.
+            first, second = (call.peer_port for call, _ in h.gateway.calls)
+            assert first != second
 
     asyncio.run(scenario())
 

@@ -1,0 +1,71 @@
+"""The pooled client to pods (and, in the invoker, to the gateway's Service): a kept-alive
+connection that fails takes its idle siblings with it, so a peer killed outright costs one
+timeout, not one per pooled connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kubelambda.gateway.upstream import UpstreamPool, UpstreamTimeout
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+
+class Peer:
+    """Answers every request, slowly enough for three to be in flight at once; once
+    ``silent``, answers nothing while keeping its connections open (a blackholed peer)."""
+
+    def __init__(self) -> None:
+        self.silent = False
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if not self.silent:
+                    writer.write(OK)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        await asyncio.sleep(0.05)
+
+
+async def dead_connections_scenario() -> tuple[int, int, bool, int]:
+    peer = Peer()
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    address = ("127.0.0.1", server.sockets[0].getsockname()[1])
+    pool = UpstreamPool()
+    await asyncio.gather(*(pool.request(address, HEAD, b"", 5) for _ in range(3)))
+    idle_before = peer.connections
+    peer.silent = True
+    timed_out = False
+    try:
+        await pool.request(address, HEAD, b"", 0.2)
+    except UpstreamTimeout:
+        timed_out = True
+    peer.silent = False
+    reply = await pool.request(address, HEAD, b"", 5)
+    pool.close()
+    await peer.close()
+    server.close()
+    await server.wait_closed()
+    return idle_before, reply.status, timed_out, peer.connections
+
+
+def test_a_dead_kept_alive_connection_drops_its_idle_siblings() -> None:
+    idle_before, status, timed_out, connections = asyncio.run(dead_connections_scenario())
+    assert idle_before == 3
+    assert timed_out
+    assert status == 200
+    # The request after the timeout opened a fresh connection instead of trying the two
+    # idle ones left.
+    assert connections == 4
