@@ -77,6 +77,8 @@ async def _take_from_pool(key: VersionKey) -> str | None:
         return None
     name, relabel = taken
     _adopted.setdefault(key, {})[name] = AdoptedPod(False, plan.plan_hash)
+    # A Deployment event seen while the pod was being specialised did not count it yet.
+    _observe(key)
 
     async def settle() -> None:
         # The relabel waits for the runtime's init: the decision pass does not.

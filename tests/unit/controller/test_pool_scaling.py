@@ -208,3 +208,22 @@ def test_a_pool_pod_gone_before_its_relabel_no_longer_counts(cluster: FakeCluste
     assert cluster.scaled == [0]
     assert autoscaling._adopted[KEY] == {}
     assert instances() == 0
+
+
+def test_a_deployment_event_during_the_specialisation_does_not_hide_the_pool_pod(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch may report the Deployment (still at zero) while the pool pod is being
+    specialised: the pod counts once it is taken, or the next pass would take another."""
+    autoscaling.observe_deployment("ADDED", deployment(0))
+    adopt = cluster.adopt
+
+    async def slow_adopt(*args: Any) -> Any:
+        taken = await adopt(*args)
+        autoscaling.observe_deployment("MODIFIED", deployment(0))  # arrives meanwhile
+        return taken
+
+    monkeypatch.setattr(autoscaling, "adopt_pool_pod", slow_adopt)
+    cluster.pool = ["pool-a"]
+    assert decide(0, 1)
+    assert instances() == 1
