@@ -25,6 +25,7 @@ from kubelambda.resources.names import (
     workload_name,
 )
 from kubelambda.resources.pool import SPECIALIZED_LABEL
+from kubelambda.resources.status import pod_ready
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,8 @@ def observe_adopted_pod(event_type: str, pod: Mapping[str, Any]) -> None:
         if adopted.pop(name, None) is None:
             return
     else:
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (pod.get("status") or {}).get("conditions") or []
-        )
         plan_hash = str((metadata.get("labels") or {}).get(SPECIALIZED_LABEL, ""))
-        adopted[name] = AdoptedPod(ready, plan_hash)
+        adopted[name] = AdoptedPod(pod_ready(pod), plan_hash)
     _observe(key)
     _retire_stale(key)
 

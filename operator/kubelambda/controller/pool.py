@@ -30,6 +30,7 @@ from kubelambda.resources.pool import (
     pool_slug,
     pool_token,
 )
+from kubelambda.resources.status import pod_ready
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,6 @@ class SpecializationFailed(Exception):
         try the next one."""
 
 
-def _is_ready(pod: Mapping[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 class PoolPods:
     """The ready, idle pool pods of every namespace, as the pod watch last saw them (runs in
     the event loop). A cold start takes one from here rather than listing pods: no API call
@@ -115,7 +111,7 @@ class PoolPods:
         pool = labels.get(POOL_LABEL)
         idle = pool is not None and labels.get(POOL_STATE_LABEL) == IDLE
         live = event_type != "DELETED" and not metadata.get("deletionTimestamp")
-        if live and idle and ip and _is_ready(pod):
+        if live and idle and ip and pod_ready(pod):
             pods[name] = (str(pool), str(ip))
         else:
             pods.pop(name, None)

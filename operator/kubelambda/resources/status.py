@@ -84,6 +84,12 @@ def _init_failure(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The kubelet says the pod is Ready."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     """(reason, message) when a function pod cannot start: its code could not be unpacked
     (the unpack step's termination message) or a container is stuck."""
