@@ -211,15 +211,20 @@ def function_env(workload: Workload) -> list[dict[str, Any]]:
         )
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in platform.items()]
     if "KUBELAMBDA_ANNOUNCE_URL" in platform:
-        env += [
-            {
-                "name": "KUBELAMBDA_NAMESPACE",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            },
-            {"name": "KUBELAMBDA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        ]
+        env += pod_address_env()
     # An image's runtime gets the function's variables in its own container.
     return env if workload.is_image else env + function_variables(spec)
+
+
+def pod_address_env() -> list[dict[str, Any]]:
+    """The namespace and IP a pod announces itself with (downward API)."""
+    return [
+        {
+            "name": "KUBELAMBDA_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+        {"name": "KUBELAMBDA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
 
 
 def image_runtime_env(workload: Workload) -> list[dict[str, Any]]:
@@ -287,8 +292,7 @@ def pod_files(workload: Workload) -> PodFiles:
     Inline-only code and layers are mounted file by file from ConfigMaps; zip packages and image
     layers are unpacked into emptyDirs by init containers.
     """
-    tmp_size = f"{workload.spec.ephemeral_storage_mb}Mi"
-    volumes = [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": tmp_size}}]
+    volumes = [tmp_volume(workload.spec.ephemeral_storage_mb)]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     if needs_unpack(workload.code, workload.layers):
         unpacked = unpacked_files(
@@ -310,9 +314,44 @@ def pod_files(workload: Workload) -> PodFiles:
     )
 
 
+def tmp_volume(ephemeral_storage_mb: int) -> dict[str, Any]:
+    """/tmp as a tmpfs of ephemeralStorageMB."""
+    return {
+        "name": "tmp",
+        "emptyDir": {"medium": "Memory", "sizeLimit": f"{ephemeral_storage_mb}Mi"},
+    }
+
+
 def memory_limit_mb(spec: FunctionSpec) -> int:
     """memoryMB for the runtime, the /tmp tmpfs (charged to the container) and the agent."""
     return spec.memory_mb + spec.ephemeral_storage_mb + AGENT_MEMORY_MB
+
+
+def readiness_probe() -> dict[str, Any]:
+    """The agent answers /healthz once the runtime has initialised: ready means warm."""
+    return {
+        "httpGet": {"path": "/healthz", "port": "invoke"},
+        "periodSeconds": 1,
+        "failureThreshold": 1,
+    }
+
+
+def runtime_resources(memory_mb: int, limit_mb: int) -> dict[str, Any]:
+    """CPU requested in proportion to memory, but not capped: a CFS quota of a few dozen
+    millicores would stretch a cold start to seconds."""
+    return {
+        "requests": {"cpu": f"{cpu_millicores(memory_mb)}m", "memory": f"{memory_mb}Mi"},
+        "limits": {"memory": f"{limit_mb}Mi"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_USER,
+        "runAsGroup": RUNTIME_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def agent_container(workload: Workload, image: str) -> dict[str, Any]:
@@ -323,21 +362,8 @@ def agent_container(workload: Workload, image: str) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "env": function_env(workload),
         "ports": [{"name": "invoke", "containerPort": INVOKE_PORT}],
-        # The agent answers /healthz once the runtime has initialised: ready means warm.
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": "invoke"},
-            "periodSeconds": 1,
-            "failureThreshold": 1,
-        },
-        # CPU requested in proportion to memory, but not capped: a CFS quota of a few dozen
-        # millicores would stretch a cold start to seconds.
-        "resources": {
-            "requests": {
-                "cpu": f"{cpu_millicores(spec.memory_mb)}m",
-                "memory": f"{spec.memory_mb}Mi",
-            },
-            "limits": {"memory": f"{memory_limit_mb(spec)}Mi"},
-        },
+        "readinessProbe": readiness_probe(),
+        "resources": runtime_resources(spec.memory_mb, memory_limit_mb(spec)),
         "securityContext": LOCKED_DOWN,
     }
 
@@ -360,13 +386,7 @@ def containers(workload: Workload, files: PodFiles) -> list[dict[str, Any]]:
         "image": workload.image,
         "imagePullPolicy": "IfNotPresent",
         "env": image_runtime_env(workload),
-        "resources": {
-            "requests": {
-                "cpu": f"{cpu_millicores(spec.memory_mb)}m",
-                "memory": f"{spec.memory_mb}Mi",
-            },
-            "limits": {"memory": f"{spec.memory_mb + spec.ephemeral_storage_mb}Mi"},
-        },
+        "resources": runtime_resources(spec.memory_mb, spec.memory_mb + spec.ephemeral_storage_mb),
         "securityContext": LOCKED_DOWN,
         "volumeMounts": files.mounts,
     }
@@ -384,12 +404,7 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
         "enableServiceLinks": False,
         # Let an in-flight invocation finish (the agent drains on SIGTERM).
         "terminationGracePeriodSeconds": spec.timeout_seconds + 5,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_USER,
-            "runAsGroup": RUNTIME_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": containers(workload, files),
         "volumes": files.volumes,
     }

@@ -35,11 +35,14 @@ from kubelambda.resources.function import (
     INVOKE_PORT,
     LAYERS_ROOT,
     LOCKED_DOWN,
-    RUNTIME_USER,
     TASK_ROOT,
     Workload,
-    cpu_millicores,
     function_env,
+    pod_address_env,
+    pod_security_context,
+    readiness_probe,
+    runtime_resources,
+    tmp_volume,
 )
 from kubelambda.resources.names import COMPONENT_LABEL, DOMAIN, MANAGED_BY
 
@@ -114,7 +117,6 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
         COMPONENT_LABEL: "warm-pool",
         **MANAGED_BY,
     }
-    tmp_size = f"{POOL_EPHEMERAL_STORAGE_MB}Mi"
     memory_limit = POOL_MEMORY_MB + POOL_EPHEMERAL_STORAGE_MB + AGENT_MEMORY_MB
     container = {
         "name": "function",
@@ -125,27 +127,13 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
             # The agent writes nowhere else, whatever a specialisation asks.
             {"name": "KUBELAMBDA_POOL_DIR", "value": POOL_DIR},
             {"name": "KUBELAMBDA_INVOKE_PORT", "value": str(INVOKE_PORT)},
-            {
-                "name": "KUBELAMBDA_NAMESPACE",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            },
-            {"name": "KUBELAMBDA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *pod_address_env(),
         ],
         "ports": [{"name": "invoke", "containerPort": INVOKE_PORT}],
         # In the pool, ready means waiting for a function; once specialised, that its runtime
         # has initialised (the same probe as a function pod's).
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": "invoke"},
-            "periodSeconds": 1,
-            "failureThreshold": 1,
-        },
-        "resources": {
-            "requests": {
-                "cpu": f"{cpu_millicores(POOL_MEMORY_MB)}m",
-                "memory": f"{POOL_MEMORY_MB}Mi",
-            },
-            "limits": {"memory": f"{memory_limit}Mi"},
-        },
+        "readinessProbe": readiness_probe(),
+        "resources": runtime_resources(POOL_MEMORY_MB, memory_limit),
         "securityContext": LOCKED_DOWN,
         # Each code volume twice: writable where the agent unpacks, read-only where the
         # function finds it (as in a function pod, writing there fails with EROFS).
@@ -172,15 +160,10 @@ def pool_deployment(runtime: str, size: int, image: str, token: str) -> dict[str
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": POOL_TERMINATION_GRACE_S,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUNTIME_USER,
-                        "runAsGroup": RUNTIME_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": [
-                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": tmp_size}},
+                        tmp_volume(POOL_EPHEMERAL_STORAGE_MB),
                         {"name": "task", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
                         {"name": "opt", "emptyDir": {"sizeLimit": UNPACKED_DIR_SIZE}},
                         {"name": "state", "emptyDir": {"sizeLimit": "1Mi"}},
