@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.kube import PLATFORM_NAMESPACE, KubectlError, kubectl, metrics_path, platform_pods
+from tests.e2e.test_async import RecordSink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_TAG = os.environ.get("KUBELAMBDA_IMAGE_TAG", "dev")
@@ -122,3 +123,12 @@ def namespace() -> Iterator[str]:
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[RecordSink]:
+    """Destination records POSTed by the invoker, for one module's tests."""
+    server = RecordSink()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()

@@ -117,14 +117,6 @@ def async_namespace() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[RecordSink]:
-    server = RecordSink()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
-@pytest.fixture(scope="module")
 def lam(async_namespace: str) -> Any:
     return lambda_client(async_namespace, read_timeout=60, connections=16)
 

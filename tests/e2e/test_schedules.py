@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.e2e.kube import KubectlError, apply, kubectl, wait_until
-from tests.e2e.test_async import RecordSink, sink  # noqa: F401 (a fixture)
+from tests.e2e.test_async import RecordSink
 from tests.e2e.test_runtimes import await_function, function
 
 PERIOD_S = 10
@@ -74,7 +74,7 @@ def ticks(records_sink: RecordSink, function_name: str) -> list[dict[str, Any]]:
 
 def test_rate_fires_on_time_and_stops_when_disabled(
     schedules_namespace: str,
-    sink: RecordSink,  # noqa: F811 (the fixture)
+    sink: RecordSink,
 ) -> None:
     ns = schedules_namespace
     apply(clock_function("ticker", sink.url), ns)

@@ -51,14 +51,6 @@ def signed_namespace() -> Iterator[str]:
     kubectl("delete", "namespace", name, "--wait=false")
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[RecordSink]:
-    server = RecordSink()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def set_keys(namespace: str, keys: dict[str, str]) -> None:
     data = {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}
     body = {
