@@ -82,10 +82,23 @@ def test_service_reachable_by_dns_name_and_cluster_ip(namespace: str) -> None:
     kubectl("rollout", "status", "deployment/echo", "-n", namespace, "--timeout=120s")
     cluster_ip = get("service", "echo", namespace)["spec"]["clusterIP"]
 
+    # A Ready endpoint reaches kube-proxy's rules a little after the API server has it (seconds
+    # on a busy node): until then the ClusterIP refuses connections, so the client retries that
+    # (and only that) for a while.
     client_script = (
-        "import urllib.request as u\n"
+        "import time, urllib.error, urllib.request as u\n"
         f"for url in ['http://echo.{namespace}.svc.cluster.local', 'http://echo', 'http://{cluster_ip}']:\n"
-        "    body = u.urlopen(url, timeout=10).read()\n"
+        "    deadline = time.monotonic() + 30\n"
+        "    while True:\n"
+        "        try:\n"
+        "            body = u.urlopen(url, timeout=10).read()\n"
+        "            break\n"
+        "        except urllib.error.URLError as exc:\n"
+        "            refused = isinstance(exc.reason, ConnectionRefusedError)\n"
+        "            if not refused or time.monotonic() > deadline:\n"
+        "                raise\n"
+        "            print('refused, retrying', url)\n"
+        "            time.sleep(0.5)\n"
         "    assert body == b'pong', (url, body)\n"
         "    print('ok', url)\n"
     )

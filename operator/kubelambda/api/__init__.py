@@ -18,9 +18,12 @@ from kubelambda.api.apiroute import (
     HttpTarget,
     JwtAuth,
     PayloadFormat,
+    Quota,
+    QuotaPeriod,
     RouteAuth,
     RouteTarget,
     Throttling,
+    UsagePlan,
 )
 from kubelambda.api.base import (
     API_VERSION,
@@ -90,6 +93,8 @@ __all__ = [
     "LayerVersion",
     "ObjectMeta",
     "PayloadFormat",
+    "Quota",
+    "QuotaPeriod",
     "Replicas",
     "RouteAuth",
     "RouteTarget",
@@ -98,6 +103,7 @@ __all__ = [
     "SecretEnvVar",
     "SecretKeySelector",
     "Throttling",
+    "UsagePlan",
     "ZipSource",
     "is_reserved_env_name",
 ]

@@ -135,11 +135,50 @@ class FunctionAuthorizer(ApiModel):
     """How long a decision is cached per identity; 0 disables caching."""
 
 
+class Throttling(ApiModel):
+    """Token bucket: rateLimit tokens per second, at most burstLimit."""
+
+    rate_limit: float = Field(ge=0)
+    """Steady-state requests per second."""
+    burst_limit: int = Field(ge=0)
+    """Bucket size."""
+
+
+class QuotaPeriod(StrEnum):
+    """Quota period, in UTC: a calendar day, an ISO week (from Monday) or a calendar month."""
+
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+
+
+class Quota(ApiModel):
+    """Requests one API key may make per period, counted across every gateway replica."""
+
+    limit: int = Field(ge=1, le=1_000_000_000)
+    """Requests per period and key."""
+    period: QuotaPeriod
+    """When the count starts again."""
+
+
+class UsagePlan(ApiModel):
+    """Limits applied to each API key on its own, as API Gateway's usage plans do."""
+
+    throttle: Throttling | None = None
+    """Token bucket per key (per gateway replica, like route throttling)."""
+    quota: Quota | None = None
+    """Requests per key and period; over it the key gets 429 "Limit Exceeded"."""
+
+
 class ApiKeyAuth(ApiModel):
     """Keys sent in the x-api-key header."""
 
     secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
-    """Secret in the route's namespace whose data values are the accepted keys."""
+    """Secret in the route's namespace: each data entry is one API key, its name the key's id
+    (what usage is counted by), its value the key."""
+    usage_plan: UsagePlan | None = None
+    """Throttle and quota per key. A key's quota count covers every route of the API that
+    names this Secret; give those routes the same plan."""
 
 
 class RouteAuth(ApiModel):
@@ -192,15 +231,6 @@ class Cors(ApiModel):
             not (self.allow_credentials and "*" in self.allow_origins), CREDENTIALS_NEED_ORIGINS
         )
         return self
-
-
-class Throttling(ApiModel):
-    """Token bucket for the route: rateLimit tokens per second, at most burstLimit."""
-
-    rate_limit: float = Field(ge=0)
-    """Steady-state requests per second."""
-    burst_limit: int = Field(ge=0)
-    """Bucket size."""
 
 
 class ApiRouteSpec(ApiModel):

@@ -85,16 +85,17 @@ format 2.0 or 1.0 event (``apievents``) through the Invoke API's path (concurren
 choice, cold-start hold) within the route's ``timeoutMillis``; an HTTP integration is proxied
 (the greedy parameter's value, else the whole path, appended to ``target.http.url``). CORS
 preflights are answered by the gateway (``cors``); ``throttling`` is a token bucket per route
-and gateway replica; auth is ``API_KEY`` (``x-api-key`` against a Secret's values),
+and gateway replica; auth is ``API_KEY`` (``x-api-key`` against a Secret's values, with an
+optional usage plan per key: throttle and a quota counted in JetStream, ``usage``),
 ``JWT`` (RSA, ``jwtauth``) or ``FUNCTION`` (a Lambda authorizer, simple responses, cached per
-identity). Errors are API Gateway's ``{"message": ...}``, every answer has
-``apigw-requestid``: 404 Not Found (no API or route), 401 Unauthorized (no or bad JWT,
-missing identity source), 403 Forbidden (bad API key, authorizer said no), 413 Request Entity
-Too Large (body over 10 MB, or an event over Lambda's 6 MB), 429 Too Many Requests (route
-throttling, function concurrency limits), 500 Internal Server Error (the target or
-authorizer function does not exist, the authorizer failed), 502 Internal Server Error (the
-function failed or returned an invalid response, the pod or HTTP backend failed), 503
-Service Unavailable (no pod became ready in time), 504 Endpoint request timed out.
+identity). Errors are API Gateway's ``{"message": ...}``, every answer has ``apigw-requestid``: 404
+Not Found (no API or route), 401 Unauthorized (no or bad JWT, missing identity source), 403
+Forbidden (bad API key, authorizer said no), 413 Request Entity Too Large (body over 10 MB, or an
+event over Lambda's 6 MB), 429 Too Many Requests (route or key throttling, function concurrency
+limits), 429 Limit Exceeded (the key's quota), 500 Internal Server Error (the target or authorizer
+function does not exist, the authorizer failed), 502 Internal Server Error (the function failed or
+returned an invalid response, the pod or HTTP backend failed), 503 Service Unavailable (no pod
+became ready in time, a quota that NATS cannot count now), 504 Endpoint request timed out.
 
 ``GET /healthz`` - 200 while the process serves. ``GET /readyz`` - 200 once the first list of
 every watched kind is in, 503 before and while shutting down.

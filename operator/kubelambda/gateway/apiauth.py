@@ -1,10 +1,11 @@
 """API keys from Secrets, and the cache of Lambda authorizer decisions.
 
-API keys: the route names a Secret in its namespace; every value in its ``data`` is an
-accepted ``x-api-key``. The gateway reads the Secret through the API server on first use and
-keeps it for ``SECRET_TTL_S`` (so a rotated key takes effect within that time); a read that
-fails keeps the previous keys while there are any, and a missing Secret accepts no key. Reads
-need ``get`` on ``secrets`` (only the Secrets routes name are ever read).
+API keys: the route names a Secret in its namespace; every entry of its ``data`` is one API
+key, its value an accepted ``x-api-key`` and its name the key's id (what usage plans count
+by). The gateway reads the Secret through the API server on first use and keeps it for
+``SECRET_TTL_S`` (so a rotated key takes effect within that time); a read that fails keeps the
+previous keys while there are any, and a missing Secret accepts no key. Reads need ``get`` on
+``secrets`` (only the Secrets routes name are ever read).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ReadSecret = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 
 class _Keys(NamedTuple):
-    values: tuple[bytes, ...]
+    values: tuple[tuple[str, bytes], ...]  # (key id, key)
     expires: float
 
 
@@ -39,17 +40,19 @@ class ApiKeys:
         self._cache: dict[tuple[str, str], _Keys] = {}
         self._reading: dict[tuple[str, str], asyncio.Future[_Keys]] = {}
 
-    async def accepts(self, namespace: str, secret: str, key: bytes | None) -> bool:
+    async def key_id(self, namespace: str, secret: str, key: bytes | None) -> str | None:
+        """The id of the Secret's entry holding ``key``; None when no entry does."""
         if not key:
-            return False
+            return None
         entry = self._cache.get((namespace, secret))
         if entry is None or entry.expires <= self._clock():
             entry = await self._refresh((namespace, secret))
         # Every key compared in constant time, so timing tells nothing about any of them.
-        accepted = False
-        for value in entry.values:
-            accepted |= hmac.compare_digest(value, key)
-        return accepted
+        found = None
+        for key_id, value in entry.values:
+            if hmac.compare_digest(value, key):
+                found = key_id
+        return found
 
     async def _refresh(self, ref: tuple[str, str]) -> _Keys:
         pending = self._reading.get(ref)
@@ -76,15 +79,15 @@ class ApiKeys:
         return entry
 
 
-def _decode(data: dict[str, Any]) -> list[bytes]:
+def _decode(data: dict[str, Any]) -> list[tuple[str, bytes]]:
     keys = []
-    for value in data.values():
+    for key_id, value in data.items():
         try:
             key = base64.b64decode(str(value), validate=True).strip()
         except binascii.Error:
             continue
         if key:
-            keys.append(key)
+            keys.append((str(key_id), key))
     return keys
 
 

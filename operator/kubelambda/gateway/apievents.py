@@ -64,6 +64,7 @@ class ApiRequest:
     domain_name: str
     request_id: str
     epoch_s: float
+    api_key_id: str | None = None  # the accepted x-api-key's id (its Secret entry's name)
 
     def header(self, name: bytes) -> str | None:
         value = self.request.headers.get(name)
@@ -259,6 +260,10 @@ def v1_event(
             "identity": {
                 "accessKey": None,
                 "accountId": None,
+                "apiKey": None
+                if api_request.api_key_id is None
+                else api_request.header(b"x-api-key"),
+                "apiKeyId": api_request.api_key_id,
                 "caller": None,
                 "cognitoAuthenticationProvider": None,
                 "cognitoAuthenticationType": None,

@@ -81,6 +81,8 @@ class AuthorizerPolicy:
 @dataclass(frozen=True, slots=True)
 class ApiKeyPolicy:
     secret_name: str
+    throttle: tuple[float, int] | None = None  # per key: rate per second, burst
+    quota: tuple[int, str] | None = None  # per key: limit, period (DAY, WEEK or MONTH)
 
 
 Auth = JwtPolicy | AuthorizerPolicy | ApiKeyPolicy | None
@@ -169,7 +171,14 @@ def _auth(spec: ApiRouteSpec) -> Auth:
             cache_ttl_s=auth.function.cache_ttl_seconds,
         )
     if auth.type is AuthType.API_KEY and auth.api_key is not None:
-        return ApiKeyPolicy(auth.api_key.secret_name)
+        plan = auth.api_key.usage_plan
+        throttle = None if plan is None else plan.throttle
+        quota = None if plan is None else plan.quota
+        return ApiKeyPolicy(
+            auth.api_key.secret_name,
+            throttle=None if throttle is None else (throttle.rate_limit, throttle.burst_limit),
+            quota=None if quota is None else (quota.limit, quota.period.value),
+        )
     return None
 
 

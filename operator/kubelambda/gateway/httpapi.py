@@ -2,10 +2,10 @@
 
 Per request: address the API (``/apis/<namespace>/<api>/...``, an ``<api>.<namespace>.<domain>``
 host, or the default API), match a route, answer a CORS preflight, take a throttling token,
-authorize (API key, JWT or Lambda authorizer), then call the integration: a function through
-the Invoke API's path (concurrency caps, pod choice, cold-start hold) with the route's payload
-format, or an HTTP backend. Everything the gateway answers itself has API Gateway's shape,
-``{"message": ...}``, and every answer carries ``apigw-requestid``.
+authorize (API key and its usage plan, JWT or Lambda authorizer), then call the integration: a
+function through the Invoke API's path (concurrency caps, pod choice, cold-start hold) with the
+route's payload format, or an HTTP backend. Everything the gateway answers itself has API
+Gateway's shape, ``{"message": ...}``, and every answer carries ``apigw-requestid``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from kubelambda.gateway.jwtauth import FetchJson, JwtError, JwtVerifier, authori
 from kubelambda.gateway.metrics import FUNCTION_ERROR, OK
 from kubelambda.gateway.routing import ACCOUNT_ID, RouteError, RoutingTable, Target
 from kubelambda.gateway.throttle import Throttles
+from kubelambda.gateway.usage import Admission, QuotaCounter, UsagePlans
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +70,22 @@ _MESSAGES = {
 }
 
 
-def api_error(status: int, request_id: str, extra: HeaderList | None = None) -> Response:
+def api_error(
+    status: int, request_id: str, extra: HeaderList | None = None, message: str | None = None
+) -> Response:
     head = b"content-type: application/json\r\napigw-requestid: %s\r\n" % request_id.encode()
     if extra:
         head += b"".join(b"%s: %s\r\n" % header for header in extra)
-    return Response(status, head, json.dumps({"message": _MESSAGES[status]}).encode())
+    return Response(status, head, json.dumps({"message": message or _MESSAGES[status]}).encode())
 
 
 class _GatewayError(Exception):
     """An answer the gateway gives itself (API Gateway's shape), not the integration's."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, message: str | None = None) -> None:
         super().__init__(status)
         self.status = status
+        self.message = message
 
 
 class HttpApi:
@@ -94,6 +98,7 @@ class HttpApi:
         *,
         read_secret: ReadSecret | None = None,
         fetch_json: FetchJson | None = None,
+        quota_counter: QuotaCounter | None = None,
     ) -> None:
         self._config = config
         self._table = table
@@ -102,6 +107,7 @@ class HttpApi:
         loop = asyncio.get_running_loop()
         self._throttles = Throttles(loop.time)
         self._api_keys = ApiKeys(read_secret or _no_secrets, time.monotonic)
+        self._usage = UsagePlans(quota_counter, loop.time, time.time)
         self._jwt = JwtVerifier(fetch_json or self._fetch_json, time.time)
         self._decisions = AuthorizerCache(time.monotonic)
         # Function calls that outlived their route's timeout: they finish (and free their slot)
@@ -194,7 +200,7 @@ class HttpApi:
             else:
                 status, headers, body = await self._proxy(api_request, match, route.integration)
         except _GatewayError as exc:
-            return api_error(exc.status, request_id, cors)
+            return api_error(exc.status, request_id, cors, exc.message)
         if route.cors is not None:
             # API Gateway replaces the integration's CORS headers with the route's.
             headers = [h for h in headers if not h[0].startswith(b"access-control-")]
@@ -211,9 +217,7 @@ class HttpApi:
         if auth is None:
             return None
         if isinstance(auth, ApiKeyPolicy):
-            key = api_request.request.headers.get(b"x-api-key")
-            if not await self._api_keys.accepts(api_request.namespace, auth.secret_name, key):
-                raise _GatewayError(403)
+            await self._check_api_key(api_request, auth)
             return None
         if isinstance(auth, JwtPolicy):
             try:
@@ -223,6 +227,22 @@ class HttpApi:
                 raise _GatewayError(401) from exc
             return authorizer_context(claims)
         return {"lambda": await self._lambda_authorizer(api_request, match, auth)}
+
+    async def _check_api_key(self, api_request: ApiRequest, policy: ApiKeyPolicy) -> None:
+        key = api_request.request.headers.get(b"x-api-key")
+        key_id = await self._api_keys.key_id(api_request.namespace, policy.secret_name, key)
+        if key_id is None:
+            raise _GatewayError(403)
+        api_request.api_key_id = key_id
+        if policy.throttle is None and policy.quota is None:
+            return
+        admission = await self._usage.admit(api_request.namespace, api_request.api, policy, key_id)
+        if admission is Admission.THROTTLED:
+            raise _GatewayError(429)
+        if admission is Admission.OVER_QUOTA:
+            raise _GatewayError(429, "Limit Exceeded")
+        if admission is Admission.UNAVAILABLE:
+            raise _GatewayError(503)
 
     async def _lambda_authorizer(
         self, api_request: ApiRequest, match: RouteMatch, policy: AuthorizerPolicy

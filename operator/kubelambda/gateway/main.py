@@ -28,6 +28,8 @@ from kubelambda.gateway.publisher_nats import NatsPublisher
 from kubelambda.gateway.routing import KINDS, RoutingTable, VersionKey
 from kubelambda.gateway.scaling import AutoscalerClient, SharedCounter
 from kubelambda.gateway.upstream import UpstreamPool
+from kubelambda.gateway.usage import QuotaCounter
+from kubelambda.gateway.usage_nats import NatsQuotaCounter
 from kubelambda.gateway.waker import Waker
 from kubelambda.gateway.watch import RESOURCES
 from kubelambda.kubeapi import HttpKubeApi, KubeConnection, ResourceWatch, connection_from_env
@@ -50,6 +52,7 @@ class Gateway:
         waker: Waker | None = None,
         authenticator: Authenticator | None = None,
         read_secret: ReadSecret | None = None,
+        quota_counter: QuotaCounter | None = None,
     ) -> None:
         self.config = config
         self.table = table or RoutingTable(config.region)
@@ -65,6 +68,7 @@ class Gateway:
         self._waker = waker
         self._authenticator = authenticator
         self._read_secret = read_secret
+        self._quota_counter = quota_counter
         self._session: aiohttp.ClientSession | None = None
         self._http_api: HttpApi | None = None
         self._server: asyncio.Server | None = None
@@ -126,7 +130,12 @@ class Gateway:
             authenticator=self._authenticator,
         )
         self._http_api = HttpApi(
-            self.config, self.table, self._api, self._session, read_secret=self._read_secret
+            self.config,
+            self.table,
+            self._api,
+            self._session,
+            read_secret=self._read_secret,
+            quota_counter=self._quota_counter,
         )
         self._api.fallback = self._http_api.handle
         # The HTTP API limit; the Invoke API checks its own, lower one.
@@ -192,8 +201,11 @@ async def run(config: GatewayConfig, connection: KubeConnection) -> None:
         kube = HttpKubeApi(connection, session)
         # Event invocations need JetStream; without KUBELAMBDA_NATS_URL they get a clear 501.
         publisher = NatsPublisher.from_env(os.environ)
+        quota_counter = None
         if publisher is not None:
             publisher.start()  # connects in the background; Events get 503 until then
+            # API key quotas are counted in JetStream too, on the same connection.
+            quota_counter = NatsQuotaCounter(lambda: publisher.client, publisher.replicas)
         table = RoutingTable(config.region)
         authenticator = None
         if config.sigv4 != "off":
@@ -210,6 +222,7 @@ async def run(config: GatewayConfig, connection: KubeConnection) -> None:
             read_secret=kube.read_secret,
             publisher=publisher,
             authenticator=authenticator,
+            quota_counter=quota_counter,
         )
         await gateway.start()
         watches = [

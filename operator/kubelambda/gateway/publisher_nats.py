@@ -23,6 +23,8 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from nats.aio.client import Client as NATS
+
 from kubelambda.gateway.publisher import AsyncInvocation, PublishRejected
 from kubelambda.invoker.broker import BrokerError, BrokerFull
 from kubelambda.invoker.config import ConfigError, load_stream_settings
@@ -98,6 +100,15 @@ class NatsPublisher:
                 await asyncio.sleep(2.0)
         self._broker = broker
         log.info("event queue connected: %s", self.url)
+
+    @property
+    def client(self) -> NATS | None:
+        """The connection, once up and the streams exist (usage counts share it)."""
+        return None if self._broker is None else self._broker.client
+
+    @property
+    def replicas(self) -> int:
+        return self._streams.replicas
 
     async def publish(self, invocation: AsyncInvocation) -> None:
         broker = self._broker

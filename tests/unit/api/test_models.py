@@ -71,6 +71,21 @@ ACCEPTED: list[tuple[type[ApiModel], dict[str, Any]]] = [
     (ApiRouteSpec, route(routeKey="GET /")),
     (ApiRouteSpec, route(routeKey="DELETE /v1/pets/{petId}/toys/{rest+}")),
     (ApiRouteSpec, route(auth={"type": "API_KEY", "apiKey": {"secretName": "keys"}})),
+    (
+        ApiRouteSpec,
+        route(
+            auth={
+                "type": "API_KEY",
+                "apiKey": {
+                    "secretName": "keys",
+                    "usagePlan": {
+                        "throttle": {"rateLimit": 10, "burstLimit": 20},
+                        "quota": {"limit": 1000, "period": "MONTH"},
+                    },
+                },
+            }
+        ),
+    ),
     (ApiRouteSpec, route(cors={"allowOrigins": ["https://a.example"], "allowCredentials": True})),
     (ApiRouteSpec, route(throttling={"rateLimit": 0, "burstLimit": 0})),
     (LayerSpec, {"content": {"image": "registry.example/layer:1"}}),
@@ -123,6 +138,32 @@ REJECTED: list[tuple[type[ApiModel], dict[str, Any], str]] = [
     (ApiRouteSpec, route(routeKey="$connect"), "pattern"),
     (ApiRouteSpec, route(auth={"jwt": {"issuer": "https://i", "audience": ["a"]}}), "auth.jwt"),
     (ApiRouteSpec, route(auth={"type": "API_KEY"}), "auth.apiKey"),
+    (
+        ApiRouteSpec,
+        route(
+            auth={
+                "type": "API_KEY",
+                "apiKey": {
+                    "secretName": "k",
+                    "usagePlan": {"quota": {"limit": 5, "period": "YEAR"}},
+                },
+            }
+        ),
+        "'DAY', 'WEEK' or 'MONTH'",
+    ),
+    (
+        ApiRouteSpec,
+        route(
+            auth={
+                "type": "API_KEY",
+                "apiKey": {
+                    "secretName": "k",
+                    "usagePlan": {"quota": {"limit": 0, "period": "DAY"}},
+                },
+            }
+        ),
+        "greater than or equal to 1",
+    ),
     (
         ApiRouteSpec,
         route(auth={"type": "JWT", "jwt": {"issuer": "https://i", "audience": []}}),

@@ -31,6 +31,7 @@ from botocore.response import StreamingBody
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.main import Gateway
 from kubelambda.gateway.routing import RoutingTable
+from tests.unit.invoker.conftest import NatsServer
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON_RUNTIME_DIR = REPO / "runtime-images" / "python"
@@ -238,7 +239,7 @@ def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
     def start(**settings: Any) -> RunningGateway:
         hooks = {
             k: settings.pop(k)
-            for k in ("publisher", "waker", "read_secret", "authenticator")
+            for k in ("publisher", "waker", "read_secret", "authenticator", "quota_counter")
             if k in settings
         }
         config = GatewayConfig(**({"port": 0, "metrics_port": 0} | settings))
@@ -270,3 +271,14 @@ def agents(agent_dir: Path) -> Iterator[Callable[..., Agent]]:
     yield get
     for agent in started.values():
         agent.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream (API key quotas are counted there)."""
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -216,17 +216,17 @@ def test_api_keys_cached_with_ttl():
     keys = ApiKeys(read_secret, clock)
 
     async def scenario() -> None:
-        assert await keys.accepts("team", "keys", b"key-a")
-        assert await keys.accepts("team", "keys", b"key-b")
-        assert not await keys.accepts("team", "keys", b"key-c")
-        assert not await keys.accepts("team", "keys", None)
+        assert await keys.key_id("team", "keys", b"key-a") == "a"
+        assert await keys.key_id("team", "keys", b"key-b") == "b"
+        assert await keys.key_id("team", "keys", b"key-c") is None
+        assert await keys.key_id("team", "keys", None) is None
         assert reads == [("team", "keys")]
         secrets[("team", "keys")] = {"a": "a2V5LWM="}  # rotated
-        assert await keys.accepts("team", "keys", b"key-a")  # still cached
+        assert await keys.key_id("team", "keys", b"key-a") == "a"  # still cached
         clock.now += 31
-        assert await keys.accepts("team", "keys", b"key-c")
-        assert not await keys.accepts("team", "keys", b"key-a")
-        assert not await keys.accepts("team", "missing", b"key-a")
+        assert await keys.key_id("team", "keys", b"key-c") == "a"
+        assert await keys.key_id("team", "keys", b"key-a") is None
+        assert await keys.key_id("team", "missing", b"key-a") is None
 
     asyncio.run(scenario())
 
@@ -241,10 +241,10 @@ def test_api_keys_survive_a_failed_read():
 
     clock = Clock()
     keys = ApiKeys(read_secret, clock)
-    assert asyncio.run(keys.accepts("ns", "s", b"key"))
+    assert asyncio.run(keys.key_id("ns", "s", b"key")) == "k"
     fail = True
     clock.now += 60
-    assert asyncio.run(keys.accepts("ns", "s", b"key"))
+    assert asyncio.run(keys.key_id("ns", "s", b"key")) == "k"
 
 
 def test_authorizer_cache():

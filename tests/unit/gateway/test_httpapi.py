@@ -14,10 +14,12 @@ from typing import Any
 from urllib.parse import quote
 
 import jwt as pyjwt
+import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kubelambda.gateway.routing import FUNCTION
+from kubelambda.gateway.usage_nats import NatsQuotaCounter
 from tests.powertools_app import POWERTOOLS, WEB_APP
 from tests.unit.gateway.apiobjects import add_route
 from tests.unit.gateway.conftest import RunningGateway
@@ -379,6 +381,67 @@ def test_api_key(gw):
     assert message(call(gw, "GET", "/keyed", [("x-api-key", "wrong")])) == forbidden
     assert call(gw, "GET", "/keyed", [("x-api-key", "sesame")])[0] == 200
     assert message(call(gw, "GET", "/nokeys", [("x-api-key", "sesame")])) == forbidden
+
+
+KEYS_WITH_IDS = {
+    ("default", "plan-keys"): {
+        "alice": base64.b64encode(b"alice-key").decode(),
+        "bob": base64.b64encode(b"bob-key").decode(),
+    }
+}
+
+
+async def read_plan_keys(namespace: str, name: str) -> dict[str, Any] | None:
+    return KEYS_WITH_IDS.get((namespace, name))
+
+
+def test_usage_plan_quota_is_exact_across_two_gateways(start_gateway, agents, nats_server):
+    """Two replicas share each key's count through JetStream: the quota holds behind a Service."""
+    port = agents(code=API_APP).port
+    gateways = []
+    for _ in range(2):
+        connection: dict[str, Any] = {}
+        gateway = start_gateway(
+            read_secret=read_plan_keys,
+            quota_counter=NatsQuotaCounter(lambda c=connection: c.get("nats")),
+        )
+        connection["nats"] = gateway.run(nats.connect(nats_server.url))
+        serve_function(gateway, "fn", port)
+        plan = {"quota": {"limit": 3, "period": "DAY"}}
+        auth = {"type": "API_KEY", "apiKey": {"secretName": "plan-keys", "usagePlan": plan}}
+        route(gateway, "GET /quota", auth=auth, payload_format_version="1.0")
+        plan = {"throttle": {"rateLimit": 0.001, "burstLimit": 1}}
+        auth = {"type": "API_KEY", "apiKey": {"secretName": "plan-keys", "usagePlan": plan}}
+        route(gateway, "GET /throttled", auth=auth)
+        gateways.append((gateway, connection))
+
+    def get(i: int, path: str, key: str) -> Reply:
+        return call(gateways[i % 2][0], "GET", path, [("x-api-key", key)])
+
+    try:
+        replies = [get(i, "/quota", "alice-key") for i in range(5)]
+        assert [r[0] for r in replies] == [200, 200, 200, 429, 429]
+        assert message(replies[3]) == (429, {"message": "Limit Exceeded"})
+        identity = json.loads(replies[0][2])["event"]["requestContext"]["identity"]
+        assert (identity["apiKey"], identity["apiKeyId"]) == ("alice-key", "alice")
+        assert get(0, "/quota", "bob-key")[0] == 200  # every key has its own count
+        assert message(get(1, "/quota", "nobody")) == (403, {"message": "Forbidden"})
+
+        # Throttling is per key and per replica: each gateway's bucket holds one request.
+        assert get(0, "/throttled", "alice-key")[0] == 200
+        assert message(get(0, "/throttled", "alice-key")) == (429, {"message": "Too Many Requests"})
+        assert get(0, "/throttled", "bob-key")[0] == 200
+    finally:
+        for gateway, connection in gateways:
+            gateway.run(connection["nats"].close())
+
+
+def test_usage_plan_quota_unavailable_without_a_counter(gw):
+    plan = {"quota": {"limit": 3, "period": "WEEK"}}
+    auth = {"type": "API_KEY", "apiKey": {"secretName": "keys", "usagePlan": plan}}
+    route(gw, "GET /counted", auth=auth)
+    reply = call(gw, "GET", "/counted", [("x-api-key", "sesame")])
+    assert message(reply) == (503, {"message": "Service Unavailable"})
 
 
 def test_lambda_authorizer(gw):
