@@ -182,16 +182,10 @@ def test_versions_are_published_and_kept_while_an_alias_uses_them(namespace: str
     assert owned(namespace, "versioned")["services"] == ["fn-versioned-latest"]
 
 
-def code_config_maps(namespace: str, name: str) -> list[str]:
-    return [cm for cm in owned(namespace, name)["configmaps"] if "-code-" in cm]
-
-
-def test_superseded_code_is_removed_once_no_pod_mounts_it(namespace: str) -> None:
-    # The test reads the code its pods mount: keep one pod even while idle.
+def test_inline_code_travels_in_the_pods_and_new_code_rolls_out(namespace: str) -> None:
+    """No ConfigMap holds inline code: each pod carries its files in its annotations, so the
+    kubelet starts it without fetching another object."""
     warm = {"scaling": {"minInstances": 1}}
-    apply(function("recoded", **warm), namespace)
-    wait_for_condition("function", "recoded", namespace)
-    (first,) = code_config_maps(namespace, "recoded")
     for round_ in range(2):
         code = {"app.py": f"def handler(event, context):\n    return {round_}\n"}
         apply(function("recoded", code={"inline": code}, **warm), namespace)
@@ -202,20 +196,12 @@ def test_superseded_code_is_removed_once_no_pod_mounts_it(namespace: str) -> Non
             90,
             f"code round {round_} to roll out",
         )
-    # Once the first code's pods are gone, the next reconcile drops its ConfigMap; the code
-    # that $LATEST runs stays.
-    wait_until(
-        lambda: first not in code_config_maps(namespace, "recoded"), 60, "the first code removed"
-    )
-    current = code_config_maps(namespace, "recoded")
-    deployment = get("deployment", "fn-recoded-latest", namespace)
-    mounted = {
-        v["configMap"]["name"]
-        for v in deployment["spec"]["template"]["spec"]["volumes"]
-        if "configMap" in v
-    }
-    assert mounted <= set(current)
-    assert len(current) <= 2
+        template = get("deployment", "fn-recoded-latest", namespace)["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "files.kubelambda.io/code-0.f000": code["app.py"]
+        }
+        assert not [v for v in template["spec"]["volumes"] if "configMap" in v]
+    assert owned(namespace, "recoded")["configmaps"] == []
 
 
 def test_missing_layer_is_reported_then_resolved_without_crash_loop(namespace: str) -> None:
@@ -275,7 +261,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(namespace: s
         children = owned(namespace, f"burst-{i}")
         assert children["deployments"] == [f"fn-burst-{i}-latest"]
         assert children["services"] == [f"fn-burst-{i}-latest"]
-        assert len(children["configmaps"]) == 1
+        assert children["configmaps"] == []  # inline code travels in the pods
         assert children["controllerrevisions"] == [f"fn-burst-{i}-r1"]
         pods = names("pods", namespace, f"kubelambda.io/function=burst-{i}")
         assert len(pods) == 1
@@ -284,7 +270,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(namespace: s
 def test_deleting_a_function_removes_everything_it_owns(namespace: str) -> None:
     apply(function("doomed", publish=True), namespace)
     wait_for_condition("function", "doomed", namespace)
-    assert all(owned(namespace, "doomed").values())
+    children = owned(namespace, "doomed")
+    assert all(children[kind] for kind in ("deployments", "services", "controllerrevisions"))
     kubectl("delete", "function", "doomed", "-n", namespace)
     wait_until(
         lambda: (

@@ -24,15 +24,12 @@ from kubelambda.resources.code import (
     Content,
     FileSet,
     config_maps_in_use,
-    files_config_map,
-    files_sha256,
 )
 from kubelambda.resources.function import (
     Workload,
     function_arn,
     function_deployment,
     function_service,
-    owner_reference,
     snapshot_sha256,
     version_revision,
     version_snapshot,
@@ -43,7 +40,6 @@ from kubelambda.resources.names import (
     LATEST,
     SNAPSHOT_HASH_ANNOTATION,
     VERSION_LABEL,
-    code_config_map_name,
     layer_config_map_name,
     version_slug,
     workload_name,
@@ -166,8 +162,7 @@ class FunctionReconcile:
         return str(self.versions[version]["metadata"]["annotations"][SNAPSHOT_HASH_ANNOTATION])
 
     def ensure_code(self, spec: FunctionSpec) -> Content | None:
-        """The zip package, or the inline code's ConfigMap (created once: content-addressed
-        and immutable); None for image functions."""
+        """The zip package or the inline files; None for image functions."""
         if spec.code.image is not None:
             return None
         if spec.code.zip is not None:
@@ -176,12 +171,8 @@ class FunctionReconcile:
             except PackageUnavailable as problem:
                 raise NotReadyYet(problem.reason, str(problem)) from None
         assert spec.code.inline is not None  # exactly one source, by validation
-        name = code_config_map_name(self.name, files_sha256(spec.code.inline))
-        config_map = files_config_map(
-            name, spec.code.inline, {FUNCTION_LABEL: self.name}, owner_reference(self.body)
-        )
-        kube.create(config_map, self.namespace)
-        return FileSet.from_config_map(config_map)
+        # Pods carry inline code in their annotations: no ConfigMap to create.
+        return FileSet.from_files("code", spec.code.inline)
 
     def resolve_layers(self, spec: FunctionSpec) -> list[Content]:
         layers = []
@@ -314,9 +305,10 @@ def latest_pod_problem(namespace: str, function: str) -> tuple[str, str] | None:
 
 
 def remove_unused_code(namespace: str, function: str) -> None:
-    """Delete inline-code ConfigMaps of superseded code: those no Deployment of the function
-    and no remaining pod (e.g. of a finishing rollout) mounts. Runs after each reconcile and
-    whenever a function pod goes away."""
+    """Delete the function's inline-code ConfigMaps that no Deployment of the function and no
+    remaining pod (e.g. of a finishing rollout) mounts: releases before pods carried their
+    code in annotations stored code in ConfigMaps. Runs after each reconcile and whenever a
+    function pod goes away."""
     selector = {FUNCTION_LABEL: function}
     deployments = kube.list_objects("apps/v1", "Deployment", namespace, selector)
     pods = kube.list_objects("v1", "Pod", namespace, selector)

@@ -1,4 +1,12 @@
-"""Inline code and layers as immutable ConfigMaps, mounted file by file, read-only, into pods.
+"""Inline code and layers, mounted file by file, read-only, into pods.
+
+A pod carries its inline files in its own annotations, read by downward API volumes, up to
+``ANNOTATED_FILES_BUDGET`` bytes: the kubelet then starts it without fetching any other
+object. (A ConfigMap volume of a pod just bound to the node can be refused by the API server's
+node authorizer, which has not seen the binding yet; the kubelet then waits a second and
+retries: +1.5 s on one cold start in five here.) Inline layers are stored as immutable
+ConfigMaps, which files past the budget are mounted from. A function's own inline code (at most
+64 KiB) always fits, so it needs no ConfigMap.
 
 ConfigMap keys cannot hold '/', so each file is stored under a generated key and the
 ``kubelambda.io/paths`` annotation maps keys back to relative paths. Layers are merged in order
@@ -24,6 +32,17 @@ CONTENT_ANNOTATION = f"{DOMAIN}/content"
 EXECUTABLE_PREFIXES = ("bin/", "bootstrap")
 EXECUTABLE_MODE = 0o555
 DATA_MODE = 0o444
+
+FILES_ANNOTATION_PREFIX = f"files.{DOMAIN}/"
+# Of the 256 KiB Kubernetes allows for all of a pod's annotations.
+ANNOTATED_FILES_BUDGET = 192 * 1024
+
+
+@dataclass
+class AnnotationBudget:
+    """Bytes of inline files one pod may still carry in its annotations."""
+
+    left: int = ANNOTATED_FILES_BUDGET
 
 
 def files_sha256(files: Mapping[str, str]) -> str:
@@ -59,13 +78,21 @@ def files_config_map(
 
 @dataclass(frozen=True)
 class FileSet:
-    """Files of one ConfigMap: its name and key -> path mapping (from the paths annotation)."""
+    """Inline files: key -> path mapping, and the ConfigMap holding them under those keys."""
 
     config_map: str
     paths: Mapping[str, str]
     contents: Mapping[str, str] = field(default_factory=dict, compare=False)
-    """Path -> content, when the ConfigMap's data was at hand (a warm-pool pod is sent the
-    files themselves: it cannot mount a ConfigMap after it started)."""
+    """Path -> content, when at hand (pods carry them in annotations; a warm-pool pod is sent
+    them: it cannot mount anything after it started)."""
+    stored: bool = True
+    """Whether the ConfigMap exists; a function's own code is only ever annotated."""
+
+    @classmethod
+    def from_files(cls, config_map: str, files: Mapping[str, str]) -> FileSet:
+        """Files that have no ConfigMap (``config_map`` names them in messages)."""
+        paths = {file_key(i): p for i, p in enumerate(sorted(files))}
+        return cls(config_map, paths, dict(files), stored=False)
 
     @classmethod
     def from_config_map(cls, config_map: Mapping[str, Any]) -> FileSet:
@@ -80,15 +107,48 @@ def file_mode(path: str) -> int:
     return EXECUTABLE_MODE if path.startswith(EXECUTABLE_PREFIXES) else DATA_MODE
 
 
+def files_volume(
+    name: str, file_set: FileSet, items: Sequence[Mapping[str, Any]], budget: AnnotationBudget
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A volume with ``items`` (key, path, mode) of ``file_set``, and the annotations it reads.
+
+    From the pod's annotations while the files are at hand and fit what is left of the pod's
+    ``budget``, else from the set's ConfigMap."""
+    complete = len(file_set.contents) == len(file_set.paths)
+    size = (
+        sum(len(file_set.contents[file_set.paths[i["key"]]].encode()) for i in items)
+        if complete
+        else 0
+    )
+    if complete and size <= budget.left:
+        budget.left -= size
+        annotations = {}
+        fields = []
+        for item in items:
+            annotation = f"{FILES_ANNOTATION_PREFIX}{name}.{item['key']}"
+            annotations[annotation] = file_set.contents[file_set.paths[item["key"]]]
+            field_path = f"metadata.annotations['{annotation}']"
+            fields.append({"path": item["path"], "fieldRef": {"fieldPath": field_path}})
+            if "mode" in item:
+                fields[-1]["mode"] = item["mode"]
+        return {"name": name, "downwardAPI": {"items": fields}}, annotations
+    if not file_set.stored:
+        raise ValueError(f"{file_set.config_map}: inline files past the pod's annotation budget")
+    return {"name": name, "configMap": {"name": file_set.config_map, "items": list(items)}}, {}
+
+
 @dataclass(frozen=True)
 class FileMounts:
-    """ConfigMap volumes and one read-only subPath mount per file."""
+    """Volumes, one read-only subPath mount per file, and the pod annotations they read."""
 
     volumes: list[dict[str, Any]]
     mounts: list[dict[str, Any]]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
-def file_mounts(file_sets: Sequence[FileSet], root: str, volume_prefix: str) -> FileMounts:
+def file_mounts(
+    file_sets: Sequence[FileSet], root: str, volume_prefix: str, budget: AnnotationBudget
+) -> FileMounts:
     """Mounts every file of ``file_sets`` at ``root``/path; a later set's file wins a path.
 
     One subPath mount per file gives the function plain files. (A whole ConfigMap volume is
@@ -111,14 +171,15 @@ def file_mounts(file_sets: Sequence[FileSet], root: str, volume_prefix: str) -> 
                 "readOnly": True,
             }
         )
-    volumes = [
-        {
-            "name": f"{volume_prefix}-{index}",
-            "configMap": {"name": file_sets[index].config_map, "items": index_items},
-        }
-        for index, index_items in sorted(items.items())
-    ]
-    return FileMounts(volumes, mounts)
+    volumes = []
+    annotations: dict[str, str] = {}
+    for index, index_items in sorted(items.items()):
+        volume, read = files_volume(
+            f"{volume_prefix}-{index}", file_sets[index], index_items, budget
+        )
+        volumes.append(volume)
+        annotations |= read
+    return FileMounts(volumes, mounts, annotations)
 
 
 def config_maps_in_use(pod_specs: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -166,6 +227,7 @@ class UnpackedFiles:
     volumes: list[dict[str, Any]]
     init_containers: list[dict[str, Any]]
     mounts: list[dict[str, Any]]
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def needs_unpack(code: Content | None, layers: Sequence[Content]) -> bool:
@@ -181,6 +243,7 @@ def unpacked_files(
     security_context: Mapping[str, Any],
     task_root: str,
     layers_root: str,
+    budget: AnnotationBudget | None = None,
 ) -> UnpackedFiles:
     """Init containers that fill /var/task and /opt in order (later layers win).
 
@@ -199,6 +262,8 @@ def unpacked_files(
     init_containers: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     sources: list[dict[str, Any]] = []
+    annotations: dict[str, str] = {}
+    budget = AnnotationBudget() if budget is None else budget
 
     def flush() -> None:
         if not steps:
@@ -247,7 +312,10 @@ def unpacked_files(
             steps.append({"target": target, "zip": package, "what": content.what})
         else:
             source_dir = f"/kubelambda/src/{index}"
-            volumes.append({"name": f"src-{index}", "configMap": {"name": content.config_map}})
+            items = [{"key": key, "path": key} for key in sorted(content.paths)]
+            volume, read = files_volume(f"src-{index}", content, items, budget)
+            volumes.append(volume)
+            annotations |= read
             sources.append({"name": f"src-{index}", "mountPath": source_dir, "readOnly": True})
             steps.append(
                 {
@@ -258,4 +326,4 @@ def unpacked_files(
             )
     flush()
     read_only = [{**mount, "readOnly": True} for mount in targets]
-    return UnpackedFiles(volumes, init_containers, read_only)
+    return UnpackedFiles(volumes, init_containers, read_only, annotations)

@@ -13,6 +13,7 @@ from kubelambda.api import FunctionSpec
 from kubelambda.autoscaler.policy import ScalingPolicy, instances_for
 from kubelambda.autoscaler.tokens import announce_token
 from kubelambda.resources.code import (
+    AnnotationBudget,
     Content,
     FileSet,
     file_mounts,
@@ -282,6 +283,7 @@ class PodFiles:
     volumes: list[dict[str, Any]]
     mounts: list[dict[str, Any]]
     init_containers: list[dict[str, Any]]
+    annotations: dict[str, str]  # inline files the volumes read from the pod's annotations
 
 
 def pod_files(workload: Workload) -> PodFiles:
@@ -289,11 +291,13 @@ def pod_files(workload: Workload) -> PodFiles:
 
     /tmp is memory-backed: the kernel sizes the tmpfs to ephemeralStorageMB, so a function that
     fills it gets ENOSPC, as on Lambda, instead of the kubelet evicting the pod.
-    Inline-only code and layers are mounted file by file from ConfigMaps; zip packages and image
-    layers are unpacked into emptyDirs by init containers.
+    Inline-only code and layers are mounted file by file (from the pod's annotations, or the
+    layers' ConfigMaps); zip packages and image layers are unpacked into emptyDirs by init
+    containers. The function's code comes first, so its files always fit the annotations.
     """
     volumes = [tmp_volume(workload.spec.ephemeral_storage_mb)]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    budget = AnnotationBudget()
     if needs_unpack(workload.code, workload.layers):
         unpacked = unpacked_files(
             workload.code,
@@ -302,15 +306,22 @@ def pod_files(workload: Workload) -> PodFiles:
             security_context=LOCKED_DOWN,
             task_root=TASK_ROOT,
             layers_root=LAYERS_ROOT,
+            budget=budget,
         )
         return PodFiles(
-            volumes + unpacked.volumes, mounts + unpacked.mounts, unpacked.init_containers
+            volumes + unpacked.volumes,
+            mounts + unpacked.mounts,
+            unpacked.init_containers,
+            unpacked.annotations,
         )
     inline = [c for c in [workload.code, *workload.layers] if isinstance(c, FileSet)]
-    code = file_mounts(inline[:1] if workload.code else [], TASK_ROOT, "code")
-    layers = file_mounts(inline[1:] if workload.code else inline, LAYERS_ROOT, "layer")
+    code = file_mounts(inline[:1] if workload.code else [], TASK_ROOT, "code", budget)
+    layers = file_mounts(inline[1:] if workload.code else inline, LAYERS_ROOT, "layer", budget)
     return PodFiles(
-        volumes + code.volumes + layers.volumes, mounts + code.mounts + layers.mounts, []
+        volumes + code.volumes + layers.volumes,
+        mounts + code.mounts + layers.mounts,
+        [],
+        code.annotations | layers.annotations,
     )
 
 
@@ -413,6 +424,9 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
     if workload.is_image:
         # The agent stops a timed-out image runtime by signalling its processes (same UID).
         pod_spec["shareProcessNamespace"] = True
+    template_metadata: dict[str, Any] = {"labels": labels}
+    if files.annotations:
+        template_metadata["annotations"] = files.annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -438,7 +452,7 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
 

@@ -43,11 +43,6 @@ def revision_name(function: str, version: int) -> str:
     return f"fn-{function}-r{version}"
 
 
-def code_config_map_name(function: str, sha256: str) -> str:
-    """ConfigMap holding inline code, content-addressed so versions share unchanged code."""
-    return f"fn-{function}-code-{sha256[:12]}"
-
-
 def layer_config_map_name(layer: str, version: int) -> str:
     """ConfigMap holding one immutable Layer version."""
     return f"layer-{layer}-v{version}"

@@ -39,7 +39,7 @@ def spec(**fields: Any) -> FunctionSpec:
 
 
 def workload(function_spec: FunctionSpec, version: str = "$LATEST", **extra: Any) -> Workload:
-    inline = FileSet("fn-hello-code-abc", {"f000": "app.py"})
+    inline = FileSet.from_files("code", function_spec.code.inline or {})
     fields: dict[str, Any] = {"code": None if function_spec.code.image else inline} | extra
     return Workload(
         function="hello",
@@ -170,6 +170,61 @@ def test_layers_mount_at_opt_file_by_file_later_layer_wins() -> None:
     assert ("layer-a-v1", "f000") not in modes
 
 
+def test_inline_code_travels_in_the_pod_annotations() -> None:
+    """No ConfigMap for the kubelet to fetch: a pod just bound may not be allowed to yet."""
+    deployment = function_deployment(workload(spec()))
+    pod = pod_spec(deployment)
+    annotation = "files.kubelambda.io/code-0.f000"
+    template_annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert template_annotations == {annotation: INLINE["inline"]["app.py"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["code-0"] == {
+        "name": "code-0",
+        "downwardAPI": {
+            "items": [
+                {
+                    "path": "f000",
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{annotation}']"},
+                    "mode": 0o444,
+                }
+            ]
+        },
+    }
+    assert not [v for v in pod["volumes"] if "configMap" in v]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/var/task/app.py"] == {
+        "name": "code-0",
+        "mountPath": "/var/task/app.py",
+        "subPath": "f000",
+        "readOnly": True,
+    }
+
+
+def test_layers_past_the_annotation_budget_are_mounted_from_their_config_maps() -> None:
+    big = "#" * (100 * 1024)
+    layers = (
+        FileSet("layer-a-v1", {"f000": "python/a.py"}, {"python/a.py": big}),
+        FileSet("layer-b-v1", {"f000": "python/b.py"}, {"python/b.py": big}),
+        FileSet("layer-c-v1", {"f000": "python/c.py"}),  # contents not at hand
+    )
+    deployment = function_deployment(workload(spec(), layers=layers))
+    annotated = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert sorted(annotated) == [
+        "files.kubelambda.io/code-0.f000",
+        "files.kubelambda.io/layer-0.f000",
+    ]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert "downwardAPI" in volumes["layer-0"]
+    assert volumes["layer-1"]["configMap"]["name"] == "layer-b-v1"
+    assert volumes["layer-2"]["configMap"]["name"] == "layer-c-v1"
+
+
+def test_code_that_has_no_config_map_must_fit_the_annotations() -> None:
+    code = FileSet.from_files("code", {"app.py": "#" * (200 * 1024)})
+    with pytest.raises(ValueError, match="annotation budget"):
+        function_deployment(workload(spec(), code=code))
+
+
 def test_environment_platform_user_and_secret_variables() -> None:
     function_spec = spec(
         environment={
@@ -268,6 +323,24 @@ def test_layers_keep_their_order_across_inline_zip_and_image_content() -> None:
     assert copy["command"] == ["cp", "-R", "/opt/.", "/kubelambda/opt/"]
     source_mounts = [m["name"] for m in pod["initContainers"][0]["volumeMounts"]]
     assert source_mounts == ["task", "opt", "src-2"]
+
+
+def test_inline_code_next_to_a_zip_layer_is_unpacked_from_the_annotations() -> None:
+    layers = (ZipPackage("b" * 64, "http://example/b.zip", None, "layer b version 1"),)
+    deployment = function_deployment(workload(spec(), layers=layers))
+    pod = pod_spec(deployment)
+    (plan,) = unpack_plans(pod)
+    assert plan[0] == {
+        "target": "/var/task",
+        "files": {"dir": "/kubelambda/src/0", "paths": {"f000": "app.py"}},
+        "what": "code",
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (item,) = volumes["src-0"]["downwardAPI"]["items"]
+    assert item["path"] == "f000"
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "files.kubelambda.io/src-0.f000": INLINE["inline"]["app.py"]
+    }
 
 
 def test_image_function_runs_its_own_entrypoint_next_to_the_agent() -> None:
