@@ -51,7 +51,6 @@ from bench.common import (
 )
 
 BASELINE_LABEL = "bench.kubelambda.io/baseline"
-BASELINE_CODE = "bench-baseline-code"
 
 
 class Milestones:
@@ -122,6 +121,7 @@ class ReadyBench:
             Watcher(self.core.list_namespaced_pod, self.on_pod, namespace=namespace),
         ]
         self.template: dict[str, Any] | None = None
+        self.annotations: dict[str, str] = {}
 
     # Watch callbacks (watcher threads) ------------------------------------------------------
 
@@ -220,7 +220,7 @@ class ReadyBench:
         labels = {BASELINE_LABEL: name}
         body["metadata"]["labels"] = labels
         body["spec"]["selector"] = {"matchLabels": labels}
-        body["spec"]["template"]["metadata"] = {"labels": labels}
+        body["spec"]["template"]["metadata"] = {"labels": labels, "annotations": self.annotations}
         started = time.monotonic()
         self.apps.create_namespaced_deployment(self.namespace, body)
         created = time.monotonic()
@@ -269,12 +269,8 @@ class ReadyBench:
         )
         raw: dict[str, Any] = as_dict(self.api, deployment)
         pod_spec = raw["spec"]["template"]["spec"]
-        # The code ConfigMap belongs to the warm-up Function (deleted next): keep a copy.
-        for volume in pod_spec.get("volumes", []):
-            config_map = volume.get("configMap")
-            if config_map:
-                self.copy_config_map(config_map["name"], BASELINE_CODE)
-                config_map["name"] = BASELINE_CODE
+        # Inline code travels in the template's annotations (read by downward API volumes).
+        self.annotations = raw["spec"]["template"]["metadata"].get("annotations") or {}
         self.template = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -285,11 +281,6 @@ class ReadyBench:
                 "template": {"spec": pod_spec},
             },
         }
-
-    def copy_config_map(self, source: str, target: str) -> None:
-        original = self.core.read_namespaced_config_map(source, self.namespace)
-        body: Any = {"metadata": {"name": target}, "data": original.data}
-        self.core.create_namespaced_config_map(self.namespace, body)
 
 
 def image_present(api: client.ApiClient, image: str) -> bool:
