@@ -5,8 +5,8 @@
 In a fresh ``bench-memory-*`` namespace, batch after batch: create ``--batch`` Functions, wait
 until the operator has reconciled each (status.observedGeneration == metadata.generation);
 update each (memoryMB and an environment variable: a new pod template) and wait again; delete
-them all and wait until garbage collection has removed their Deployments, ReplicaSets, pods,
-Services and ConfigMaps. Until ``--functions`` Functions have gone through the cycle.
+them all and wait until garbage collection has removed their Deployments, ReplicaSets, pods
+and Services. Until ``--functions`` Functions have gone through the cycle.
 
 Meanwhile the operator's memory is sampled from inside its container every
 ``--sample-interval`` seconds (VmRSS of PID 1 from /proc/1/status and the cgroup's usage),
@@ -15,8 +15,8 @@ seconds. Reported: RSS at start, after each batch, peak, end, and the slope of t
 RSS (KiB per 100 Functions) over all batches and over the second half. Target: flat.
 
 By default the Functions ask for 10,240 MB (then 10,112 MB), i.e. ~5.8 CPUs each, so their pods
-stay Pending on a small node: the operator does all of its work (ConfigMap, Deployment, Service,
-status, Deployment events) while the node, and anything else running on it, stays unloaded.
+stay Pending on a small node: the operator does all of its work (Deployment, Service, status,
+Deployment events) while the node, and anything else running on it, stays unloaded.
 ``--memory-mb 128 --updated-memory-mb 256`` runs real pods as far as CPU allows.
 """
 

@@ -12,10 +12,10 @@ written by the operator::
                {"target": "/var/task", "inline": {"app.py": "def handler(e, c): ..."},
                 "what": "code"}]}
 
-A ``files`` step copies a mounted ConfigMap's keys to relative paths; an ``inline`` step
-carries the files' text in the plan itself (relative path -> UTF-8 text), for a pool pod that
-has no ConfigMap mounted. Neither carries file modes: ``bin/*`` and ``bootstrap*`` become
-executable, everything else plain data.
+A ``files`` step copies the keys of a mounted ConfigMap or downward-API volume to relative
+paths; an ``inline`` step carries the files' text in the plan itself (relative path -> UTF-8
+text), for a pool pod that has nothing mounted. Neither carries file modes: ``bin/*`` and
+``bootstrap*`` become executable, everything else plain data.
 
 Steps run in order, so a later layer's file replaces an earlier one's. Zip packages are
 downloaded (at most 50 MB), checked against their SHA-256, and extracted without letting an
@@ -162,7 +162,7 @@ def file_mode(relative: str) -> int:
 
 
 def copy_files(source: Mapping[str, Any], target: str, budget: Budget, what: str) -> None:
-    """Inline files from a mounted ConfigMap (key -> relative path)."""
+    """Inline files from a mounted ConfigMap or downward-API volume (key -> relative path)."""
     directory = str(source["dir"])
     paths: Mapping[str, str] = source["paths"]
     budget.take(sum(os.path.getsize(os.path.join(directory, key)) for key in paths), what)

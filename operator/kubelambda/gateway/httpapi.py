@@ -212,7 +212,7 @@ class HttpApi:
 
     async def _authorize(self, api_request: ApiRequest, match: RouteMatch) -> dict[str, Any] | None:
         """The 2.0 event's ``requestContext.authorizer`` (None if there is none); raises
-        ``_GatewayError`` (401, 403, 500)."""
+        ``_GatewayError`` (401, 403, 500; 429 and 503 from an API key's usage plan)."""
         auth = match.route.auth
         if auth is None:
             return None

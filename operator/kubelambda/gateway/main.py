@@ -179,6 +179,8 @@ class Gateway:
         await self._http_api.close()
         await self._session.close()
         self._pool.close()
+        if self._quota_counter is not None:
+            await self._quota_counter.close()  # before the connection it uses closes
         if self._publisher is not None:
             await self._publisher.close()
         self.metrics.stop_server()

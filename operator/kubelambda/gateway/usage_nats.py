@@ -7,8 +7,10 @@ in one round trip. Only the latest message of a subject is kept (it holds the to
 count disappears ``MAX_AGE_S`` after its last change, which is after its period ended.
 
 The gateway creates the stream the first time a count finds it missing. It shares the event
-publisher's connection (``NatsPublisher.client``); until that connection is up, counting
-raises ``CounterUnavailable``.
+publisher's connection (``NatsPublisher.client``); until that connection is up, and while it is
+reconnecting, counting raises ``CounterUnavailable`` at once. (The client would buffer the
+increment and send it after reconnecting: a request answered 503 would count after all.) A
+count that times out on a live connection may still have been made: the key loses one.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ class NatsQuotaCounter:
 
     async def add(self, counter: str, delta: int) -> int:
         client = self._client()
-        if client is None:
-            raise CounterUnavailable("the NATS connection is not up yet")
+        if client is None or not client.is_connected:
+            raise CounterUnavailable("the NATS connection is down")
         try:
             try:
                 return await self._increment(client, counter, delta)
@@ -72,7 +74,7 @@ class NatsQuotaCounter:
 
     def give_back(self, counter: str) -> None:
         client = self._client()
-        if client is None:
+        if client is None or not client.is_connected:
             return
         task = asyncio.get_running_loop().create_task(self._give_back(client, counter))
         self._pending.add(task)
@@ -94,7 +96,14 @@ class NatsQuotaCounter:
         answer = json.loads(reply.data)
         if "error" in answer:
             raise ValueError(f"JetStream refused the count: {answer['error']}")
+        if "val" not in answer:  # a server before 2.12 stores the message as any other
+            raise ValueError(f"{USAGE_STREAM} does not count: quotas need nats-server 2.12+")
         return int(answer["val"])
+
+    async def close(self) -> None:
+        """Waits for the give-backs still under way."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def _create_stream(self, client: NATS) -> None:
         log.info("creating the usage stream %s", USAGE_STREAM)

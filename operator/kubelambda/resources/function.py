@@ -452,6 +452,8 @@ def function_deployment(workload: Workload) -> dict[str, Any]:
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
+            # Nothing rolls back, and each old ReplicaSet holds a copy of the inline code.
+            "revisionHistoryLimit": 1,
             "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }

@@ -31,7 +31,6 @@ from botocore.response import StreamingBody
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.main import Gateway
 from kubelambda.gateway.routing import RoutingTable
-from tests.unit.invoker.conftest import NatsServer
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON_RUNTIME_DIR = REPO / "runtime-images" / "python"
@@ -271,14 +270,3 @@ def agents(agent_dir: Path) -> Iterator[Callable[..., Agent]]:
     yield get
     for agent in started.values():
         agent.stop()
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A real nats-server with JetStream (API key quotas are counted there)."""
-    server = NatsServer(tmp_path / "jetstream")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import re
+import time
 from datetime import datetime
 
 import nats
@@ -19,7 +20,7 @@ from kubelambda.gateway.usage import (
     period_label,
 )
 from kubelambda.gateway.usage_nats import NatsQuotaCounter
-from tests.unit.invoker.conftest import NatsServer
+from tests.unit.natsserver import NatsServer
 
 
 def epoch(day: str, clock: str = "12:00:00") -> float:
@@ -47,7 +48,7 @@ def test_unknown_period_is_an_error() -> None:
         period_label("YEAR", 0)
 
 
-def test_counter_names_are_one_subject_token_per_key_and_period() -> None:
+def test_counter_names_are_subject_safe_and_distinct_per_key_and_period() -> None:
     now = epoch("2026-11-23")
     dotted = ("team.a", "api", "keys.v1", "alice.smith")
     name = counter_name(dotted, "DAY", now)
@@ -63,8 +64,10 @@ class MemoryCounter:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.down = False
+        self.calls = 0
 
     async def add(self, counter: str, delta: int) -> int:
+        self.calls += 1
         if self.down:
             raise CounterUnavailable("down")
         self.counts[counter] = self.counts.get(counter, 0) + delta
@@ -72,6 +75,9 @@ class MemoryCounter:
 
     def give_back(self, counter: str) -> None:
         self.counts[counter] -= 1
+
+    async def close(self) -> None:
+        pass
 
 
 class Clock:
@@ -116,6 +122,48 @@ def test_throttle_per_key_and_throttled_requests_use_no_quota() -> None:
     assert sorted(counter.counts.values()) == [1, 3]
 
 
+def test_a_spent_key_is_refused_without_asking_the_counter_until_the_period_ends() -> None:
+    counter = MemoryCounter()
+    wall = Clock(epoch("2026-11-23"))
+    plans = UsagePlans(counter, Clock(0), wall)
+    policy = ApiKeyPolicy("keys", quota=(2, "DAY"))
+    over = Admission.OVER_QUOTA
+    assert admit_all(plans, policy, "alice", 3)[-1] == over
+    calls = counter.calls
+    assert admit_all(plans, policy, "alice", 5) == [over] * 5
+    assert counter.calls == calls
+    # A bigger limit (the plan changed) asks again; so does the next day.
+    assert admit_all(plans, ApiKeyPolicy("keys", quota=(3, "DAY")), "alice", 1) == [
+        Admission.ADMITTED
+    ]
+    wall.now += 86400
+    assert admit_all(plans, policy, "alice", 1) == [Admission.ADMITTED]
+
+
+def test_routes_with_different_throttles_do_not_refill_each_others_bucket() -> None:
+    plans = UsagePlans(MemoryCounter(), Clock(0), Clock(epoch("2026-11-23")))
+    one, two = ApiKeyPolicy("keys", throttle=(1.0, 1)), ApiKeyPolicy("keys", throttle=(1.0, 2))
+
+    async def alternate() -> list[Admission]:
+        return [await plans.admit("team", "api", (one, two)[i % 2], "alice") for i in range(8)]
+
+    assert asyncio.run(alternate()).count(Admission.ADMITTED) == 3
+
+
+def test_an_unreachable_counter_is_logged_now_and_then_not_per_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counter = MemoryCounter()
+    counter.down = True
+    monotonic = Clock(0)
+    plans = UsagePlans(counter, monotonic, Clock(epoch("2026-11-23")))
+    policy = ApiKeyPolicy("keys", quota=(10, "DAY"))
+    admit_all(plans, policy, "alice", 5)
+    monotonic.now += 10
+    admit_all(plans, policy, "alice", 5)
+    assert len([r for r in caplog.records if "not checked" in r.message]) == 2
+
+
 def test_a_quota_that_cannot_be_checked_is_not_waived() -> None:
     counter = MemoryCounter()
     counter.down = True
@@ -152,18 +200,49 @@ def test_jetstream_counts_are_shared_exact_and_given_back(nats_server: NatsServe
     asyncio.run(scenario())
 
 
+def test_a_count_while_reconnecting_fails_at_once_and_is_never_made(
+    nats_server: NatsServer,
+) -> None:
+    """The production connection reconnects forever; an increment it would buffer meanwhile
+    must not reach the count after the caller got its 503."""
+
+    async def scenario() -> None:
+        client = await nats.connect(
+            nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+        )
+        counter = NatsQuotaCounter(lambda: client, timeout_s=2.0)
+        try:
+            assert await counter.add("k.1", 1) == 1
+            nats_server.stop()
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            with pytest.raises(CounterUnavailable, match="down"):
+                await counter.add("k.1", 1)
+            assert time.monotonic() - started < 0.1
+            nats_server.start()
+            for _ in range(100):
+                if client.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert await counter.add("k.1", 0) == 1
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_jetstream_counter_unavailable(nats_server: NatsServer) -> None:
     async def scenario() -> None:
-        with pytest.raises(CounterUnavailable, match="not up"):
+        with pytest.raises(CounterUnavailable, match="down"):
             await NatsQuotaCounter(lambda: None).add("k.1", 1)
-        client = await nats.connect(nats_server.url, max_reconnect_attempts=0)
-        counter = NatsQuotaCounter(lambda: client, timeout_s=0.5)
-        assert await counter.add("k.1", 1) == 1
-        nats_server.stop()
-        await asyncio.sleep(0.3)
-        with pytest.raises(CounterUnavailable):
-            await counter.add("k.1", 1)
-        with contextlib.suppress(OSError):  # closing a connection whose server is gone
+        client = await nats.connect(nats_server.url)
+        try:
+            # A stream without message counters (made by hand, or by an older server).
+            config = {"name": "PLAIN", "subjects": ["kubelambda.usage.>"], "storage": "memory"}
+            await client.request("$JS.API.STREAM.CREATE.PLAIN", json.dumps(config).encode())
+            with pytest.raises(CounterUnavailable, match="message counters"):
+                await NatsQuotaCounter(lambda: client).add("k.1", 1)
+        finally:
             await client.close()
 
     asyncio.run(scenario())

@@ -1,27 +1,18 @@
-"""A real ``nats-server -js`` per test, a scripted fake gateway, and an in-process invoker.
-
-nats-server is built by ``hack/nats.sh`` into ``$KUBELAMBDA_CACHE/bin/current`` (default
-``~/.cache/kubelambda``); ``PATH`` is searched too. Without it the tests fail, saying so.
-"""
+"""A scripted fake gateway and an in-process invoker (the ``nats_server`` fixture, a real
+``nats-server -js`` per test, is in tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from kubelambda.gateway.publisher import AsyncInvocation
@@ -30,74 +21,9 @@ from kubelambda.invoker.config import InvokerConfig
 from kubelambda.invoker.core import Invoker
 from kubelambda.invoker.functions import FunctionSettings, StaticDirectory
 from kubelambda.invoker.jetstream import ConsumerSettings, JetStreamBroker
+from tests.unit.natsserver import NatsServer
 
 NAMESPACE = "team-a"
-
-
-def nats_server_binary() -> str:
-    cache = Path(os.environ.get("KUBELAMBDA_CACHE") or Path.home() / ".cache" / "kubelambda")
-    candidate = cache / "bin" / "current" / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    pytest.fail(
-        f"nats-server not found in {candidate.parent} nor on PATH: build it with hack/nats.sh",
-        pytrace=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class NatsServer:
-    def __init__(self, store: Path) -> None:
-        self.binary = nats_server_binary()
-        self.store = store
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = (self.store.parent / "nats.log").open("ab")
-        self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "jetstream")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # --- the fake gateway -------------------------------------------------------------------------

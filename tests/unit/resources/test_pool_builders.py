@@ -30,7 +30,7 @@ OWNER = {
     "metadata": {"name": "hello", "uid": "0000-1111"},
 }
 APP = "def handler(event, context):\n    return event\n"
-CODE = FileSet("fn-hello-code-abc", {"f000": "app.py"}, {"app.py": APP})
+CODE = FileSet.from_files("code", {"app.py": APP})
 
 
 def spec(**fields: Any) -> FunctionSpec:
@@ -132,7 +132,7 @@ def test_specialization_carries_the_function_environment_and_inline_code() -> No
     unpack = plan["request"]["unpack"]
     assert unpack["roots"] == ["/kubelambda/pool/task", "/kubelambda/pool/opt"]
     assert unpack["steps"] == [
-        {"target": "/kubelambda/pool/task", "inline": {"app.py": APP}, "what": "fn-hello-code-abc"}
+        {"target": "/kubelambda/pool/task", "inline": {"app.py": APP}, "what": "code"}
     ]
 
 
