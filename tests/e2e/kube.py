@@ -138,6 +138,19 @@ def platform_pods(component: str) -> list[dict[str, Any]]:
     return json.loads(listed)["items"]  # type: ignore[no-any-return]
 
 
+def gateway_pod_urls() -> list[str]:
+    """The URL of each ready gateway pod (by pod IP, past the Service's load balancing)."""
+    return [
+        f"http://{pod['status']['podIP']}:8080"
+        for pod in platform_pods("gateway")
+        if not pod["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod["status"].get("conditions") or ()
+        )
+    ]
+
+
 def metrics_path(pod_name: str) -> str:
     """The API server's proxy path to a platform pod's metrics page (port 9090 on each)."""
     return f"/api/v1/namespaces/{PLATFORM_NAMESPACE}/pods/{pod_name}:9090/proxy/metrics"

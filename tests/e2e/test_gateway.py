@@ -22,10 +22,10 @@ from botocore.exceptions import ClientError
 from tests.e2e.kube import (
     PLATFORM_NAMESPACE,
     apply,
+    gateway_pod_urls,
     get,
     kubectl,
     lambda_client,
-    platform_pods,
     wait_until,
 )
 from tests.e2e.test_runtimes import await_function, function, is_ready
@@ -163,16 +163,7 @@ def test_reserved_concurrency_throttles_exactly_the_excess(lam: Any) -> None:
 
 def gateway_pod_clients(namespace: str) -> list[Any]:
     """A boto3 client per ready gateway pod (by pod IP, past the Service's load balancing)."""
-    ready = [
-        pod["status"]["podIP"]
-        for pod in platform_pods("gateway")
-        if not pod["metadata"].get("deletionTimestamp")
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in pod["status"].get("conditions") or ()
-        )
-    ]
-    return [lambda_client(namespace, gateway=f"http://{ip}:8080") for ip in ready]
+    return [lambda_client(namespace, gateway=url) for url in gateway_pod_urls()]
 
 
 def test_reserved_concurrency_is_exact_across_gateway_replicas(gateway_namespace: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kube import apply, kubectl, platform_pods, wait_until
+from tests.e2e.kube import apply, gateway_pod_urls, kubectl, wait_until
 from tests.e2e.test_runtimes import await_function, function
 
 pytestmark = pytest.mark.e2e
@@ -77,19 +77,6 @@ def metered() -> Iterator[str]:
     kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def gateway_pod_hosts() -> list[str]:
-    ready = [
-        pod["status"]["podIP"]
-        for pod in platform_pods("gateway")
-        if not pod["metadata"].get("deletionTimestamp")
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in pod["status"].get("conditions") or ()
-        )
-    ]
-    return [f"{ip}:8080" for ip in ready]
-
-
 def get(host: str, path: str, key: str | None) -> Reply:
     conn = http.client.HTTPConnection(host, timeout=60)
     try:
@@ -101,7 +88,7 @@ def get(host: str, path: str, key: str | None) -> Reply:
 
 
 def test_quota_is_exact_across_gateway_replicas_and_throttle_is_per_key(metered: str) -> None:
-    hosts = gateway_pod_hosts()
+    hosts = [url.removeprefix("http://") for url in gateway_pod_urls()]
     assert len(hosts) == 2, "the chart runs 2 gateway replicas"
     base = f"/apis/{metered}/metered"
     # Each replica learns the routes through its watch: a keyless call is 403 once it has them.

@@ -41,6 +41,13 @@ def route(**changes: Any) -> dict[str, Any]:
     return {"routeKey": "GET /pets", "target": {"function": {"name": "hello"}}, **changes}
 
 
+def metered(usage_plan: dict[str, Any]) -> dict[str, Any]:
+    """A route taking API keys from Secret "keys" under ``usage_plan``."""
+    return route(
+        auth={"type": "API_KEY", "apiKey": {"secretName": "keys", "usagePlan": usage_plan}}
+    )
+
+
 def alias(**changes: Any) -> dict[str, Any]:
     return {"function": "hello", "name": "live", "version": "1", **changes}
 
@@ -73,16 +80,10 @@ ACCEPTED: list[tuple[type[ApiModel], dict[str, Any]]] = [
     (ApiRouteSpec, route(auth={"type": "API_KEY", "apiKey": {"secretName": "keys"}})),
     (
         ApiRouteSpec,
-        route(
-            auth={
-                "type": "API_KEY",
-                "apiKey": {
-                    "secretName": "keys",
-                    "usagePlan": {
-                        "throttle": {"rateLimit": 10, "burstLimit": 20},
-                        "quota": {"limit": 1000, "period": "MONTH"},
-                    },
-                },
+        metered(
+            {
+                "throttle": {"rateLimit": 10, "burstLimit": 20},
+                "quota": {"limit": 1000, "period": "MONTH"},
             }
         ),
     ),
@@ -138,32 +139,8 @@ REJECTED: list[tuple[type[ApiModel], dict[str, Any], str]] = [
     (ApiRouteSpec, route(routeKey="$connect"), "pattern"),
     (ApiRouteSpec, route(auth={"jwt": {"issuer": "https://i", "audience": ["a"]}}), "auth.jwt"),
     (ApiRouteSpec, route(auth={"type": "API_KEY"}), "auth.apiKey"),
-    (
-        ApiRouteSpec,
-        route(
-            auth={
-                "type": "API_KEY",
-                "apiKey": {
-                    "secretName": "k",
-                    "usagePlan": {"quota": {"limit": 5, "period": "YEAR"}},
-                },
-            }
-        ),
-        "'DAY', 'WEEK' or 'MONTH'",
-    ),
-    (
-        ApiRouteSpec,
-        route(
-            auth={
-                "type": "API_KEY",
-                "apiKey": {
-                    "secretName": "k",
-                    "usagePlan": {"quota": {"limit": 0, "period": "DAY"}},
-                },
-            }
-        ),
-        "greater than or equal to 1",
-    ),
+    (ApiRouteSpec, metered({"quota": {"limit": 5, "period": "YEAR"}}), "'DAY', 'WEEK' or 'MONTH'"),
+    (ApiRouteSpec, metered({"quota": {"limit": 0, "period": "DAY"}}), "greater than or equal to 1"),
     (
         ApiRouteSpec,
         route(auth={"type": "JWT", "jwt": {"issuer": "https://i", "audience": []}}),
