@@ -243,7 +243,7 @@ def unpacked_files(
     security_context: Mapping[str, Any],
     task_root: str,
     layers_root: str,
-    budget: AnnotationBudget | None = None,
+    budget: AnnotationBudget,
 ) -> UnpackedFiles:
     """Init containers that fill /var/task and /opt in order (later layers win).
 
@@ -263,7 +263,6 @@ def unpacked_files(
     steps: list[dict[str, Any]] = []
     sources: list[dict[str, Any]] = []
     annotations: dict[str, str] = {}
-    budget = AnnotationBudget() if budget is None else budget
 
     def flush() -> None:
         if not steps:
