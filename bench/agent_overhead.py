@@ -214,8 +214,13 @@ def read_message(reader: BinaryIO) -> tuple[bytes, dict[bytes, bytes], bytes]:
 # --- the stand-in relay (baseline), run as its own process ----------------------------------
 
 
-class _MiniConn(asyncio.Protocol):
-    """Just enough HTTP/1.1: Content-Length bodies, keep-alive, no pipelining guarantees."""
+_READ_BUFFER = memoryview(bytearray(256 * 1024))
+
+
+class _MiniConn(asyncio.BufferedProtocol):
+    """Just enough HTTP/1.1: Content-Length bodies, keep-alive, no pipelining guarantees.
+    Reads into one shared buffer, as the agent does (a plain Protocol costs an mmap, an
+    mremap and a munmap per read)."""
 
     def __init__(self, on_request: Callable[[_MiniConn, bytes, bytes], None]) -> None:
         self.on_request = on_request
@@ -233,9 +238,12 @@ class _MiniConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
         buf = self.buffer
-        buf += data
+        buf += _READ_BUFFER[:nbytes]
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -321,40 +329,12 @@ async def _serve_relay(invoke_port: int, api_port: int, count: int) -> None:
         server.close()
 
 
-def use_uvloop() -> None:
-    """Run asyncio on uvloop (a dependency the runtime images do not have): what it would
-    give, measured with ``--uvloop``. uvloop refuses a SIGCHLD handler (it keeps SIGCHLD for
-    its own subprocesses, which the agent does not use): that one goes through signal."""
-    import uvloop  # noqa: PLC0415
+def relay_main(invoke_port: int, api_port: int, count: int) -> int:
+    """On the agent's own event loop (uvloop unless KUBELAMBDA_AGENT_LOOP=asyncio)."""
+    from kubelambda.agent import eventloop  # noqa: PLC0415 (the agent's package path)
 
-    class Loop(uvloop.Loop):
-        def add_signal_handler(  # type: ignore[override]
-            self, sig: int, callback: Callable[..., object], *args: Any
-        ) -> None:
-            if sig != signal.SIGCHLD:
-                super().add_signal_handler(sig, callback, *args)
-                return
-            signal.signal(sig, lambda _s, _f: self.call_soon_threadsafe(callback, *args))
-
-    class Policy(asyncio.DefaultEventLoopPolicy):
-        def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            return Loop()
-
-    asyncio.set_event_loop_policy(Policy())
-
-
-def relay_main(invoke_port: int, api_port: int, count: int, uvloop: bool) -> int:
-    if uvloop:
-        use_uvloop()
-    asyncio.run(_serve_relay(invoke_port, api_port, count))
+    eventloop.run(_serve_relay(invoke_port, api_port, count))
     return 0
-
-
-# The agent's entry point, on uvloop (``--uvloop``).
-_AGENT_ON_UVLOOP = (
-    "from bench.agent_overhead import use_uvloop; use_uvloop(); "
-    "from kubelambda.agent.main import main; raise SystemExit(main())"
-)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -442,7 +422,7 @@ def _killpg(pgid: int) -> None:
 
 
 def base_env(pythonpath: Path) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "KUBELAMBDA_AGENT_LOOP")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PYTHONPATH"] = str(pythonpath)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -855,12 +835,19 @@ def _request_id(next_answer: bytearray) -> bytes:
     return bytes(next_answer[start : next_answer.index(b"\r\n", start)])
 
 
+def _feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """What the loop does when ``data`` arrives on the protocol's socket."""
+    buffer = protocol.get_buffer(len(data))
+    buffer[: len(data)] = data
+    protocol.buffer_updated(len(data))
+
+
 async def _replay(kind: str, event: bytes, env: dict[str, str], count: int) -> list[int]:
     """Per invocation ns of one server's code, driven in-process through fake transports with
     the exact bytes the client and bootstrap send: no sockets, no event loop wake-ups."""
     runtime_t, client_t = _FakeTransport(), _FakeTransport()
-    runtime: asyncio.Protocol
-    client: asyncio.Protocol
+    runtime: asyncio.BufferedProtocol
+    client: asyncio.BufferedProtocol
     if kind == "agent":
         from kubelambda.agent import config, httpio, procs, runtime_api  # noqa: PLC0415
         from kubelambda.agent import invoke as agent_invoke  # noqa: PLC0415
@@ -882,17 +869,17 @@ async def _replay(kind: str, event: bytes, env: dict[str, str], count: int) -> l
     invoke = invoke_request(event)
     response_tail = b"/response HTTP/1.1\r\n" + api
     response_tail += b"Content-Type: application/json\r\nContent-Length: 4\r\n\r\nnull"
-    runtime.data_received(next_request)
+    _feed(runtime, next_request)
     samples = []
     perf = time.perf_counter_ns
     for _ in range(count):
         runtime_t.written.clear()
         client_t.written.clear()
         t0 = perf()
-        client.data_received(invoke)
+        _feed(client, invoke)
         request_id = _request_id(runtime_t.written)
-        runtime.data_received(b"POST /2018-06-01/runtime/invocation/" + request_id + response_tail)
-        runtime.data_received(next_request)
+        _feed(runtime, b"POST /2018-06-01/runtime/invocation/" + request_id + response_tail)
+        _feed(runtime, next_request)
         samples.append(perf() - t0)
         if not client_t.written.endswith(b"\r\n\r\nnull"):
             raise BenchError(f"replay {kind}: unexpected {bytes(client_t.written)!r}")
@@ -970,9 +957,7 @@ class Bench:
         port, api_port = free_port_range(1), free_port_range(concurrency)
         env = agent_env(self.task_root, port, api_port, concurrency)
         env["PYTHONPATH"] = str(code)
-        if self.args.uvloop:  # the bench module (for use_uvloop) comes after the agent's code
-            env["PYTHONPATH"] += f":{REPO_ROOT}"
-        entry = ["-c", _AGENT_ON_UVLOOP] if self.args.uvloop else ["-m", "kubelambda.agent"]
+        entry = ["-m", "kubelambda.agent"]
         argv = [sys.executable, *entry]
         if self.args.profile_agent:
             profile = self.workdir / f"{role}.prof"
@@ -985,9 +970,8 @@ class Bench:
         port, api_port = free_port_range(1), free_port_range(concurrency)
         argv = [sys.executable, "-m", "bench.agent_overhead"]
         argv += ["--relay", str(port), str(api_port), str(concurrency)]
-        if self.args.uvloop:
-            argv.append("--uvloop")
-        relay = self.procs.start(role, argv, base_env(REPO_ROOT), REPO_ROOT)
+        relay_env = base_env(REPO_ROOT) | {"PYTHONPATH": f"{REPO_ROOT}:{OPERATOR_DIR}"}
+        relay = self.procs.start(role, argv, relay_env, REPO_ROOT)
         command, env = runtime_spec(agent_env(self.task_root, port, api_port, concurrency))
         wait_listening(port, relay, self.args.timeout)  # the API ports are bound before it
         runtimes = []
@@ -1324,10 +1308,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " the last commit's) as scenario 'baseline', in the same rounds",
     )
     parser.add_argument(
-        "--uvloop",
-        action="store_true",
-        help="run the agents and the relay on uvloop (not in the runtime images: to see what"
-        " it would give)",
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the agents and the relay (KUBELAMBDA_AGENT_LOOP): uvloop, as in"
+        " the runtime images, or asyncio's own",
     )
     args = parser.parse_args(argv)
     if args.relay is None:
@@ -1341,9 +1326,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ["KUBELAMBDA_AGENT_LOOP"] = args.loop  # for the agents and the relay
     if args.relay is not None:
         invoke_port, api_port, count = args.relay
-        return relay_main(invoke_port, api_port, count, args.uvloop)
+        return relay_main(invoke_port, api_port, count)
     started = datetime.now(UTC)
     result: dict[str, Any] = {
         "benchmark": "agent_overhead",

@@ -18,11 +18,25 @@ build() {
   log "built kubelambda/$1:$KUBELAMBDA_IMAGE_TAG"
 }
 
-# Agent-only package tree for the runtime images: kubelambda/__init__.py + kubelambda/agent/.
+# Dependencies for CPython 3.11 on manylinux, resolved once per dependency list.
+requirements="$("$repo_root/.venv/bin/python" -c '
+import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+  "$repo_root/pyproject.toml")"
+site_packages="$KUBELAMBDA_CACHE/site-packages/$(echo "$requirements" | sha256sum | cut -c1-12)"
+if [[ ! -d "$site_packages" ]]; then
+  log "installing the platform's Python dependencies into $site_packages"
+  # shellcheck disable=SC2086
+  "$repo_root/.venv/bin/pip" install -q --no-warn-conflicts --target "$site_packages.tmp" --only-binary=:all: \
+    --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 $requirements
+  mv "$site_packages.tmp" "$site_packages"
+fi
+# Agent-only package tree for the runtime images: kubelambda/__init__.py + kubelambda/agent/,
+# and uvloop (the agent's event loop; the same wheel as the platform's) next to it.
 agent_tree() {
   mkdir -p "$1/agent/kubelambda"
   cp "$package/__init__.py" "$1/agent/kubelambda/"
   cp -r "$package/agent" "$1/agent/kubelambda/"
+  cp -r "$site_packages/uvloop" "$1/agent/"
   find "$1" -name __pycache__ -prune -exec rm -rf {} +
 }
 
@@ -39,18 +53,7 @@ for runtime in python nodejs provided; do
   build "$name" "$repo_root/runtime-images/$runtime"
 done
 
-# Platform image: dependencies for CPython 3.11 on manylinux, resolved once per dependency list.
-requirements="$("$repo_root/.venv/bin/python" -c '
-import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-  "$repo_root/pyproject.toml")"
-site_packages="$KUBELAMBDA_CACHE/site-packages/$(echo "$requirements" | sha256sum | cut -c1-12)"
-if [[ ! -d "$site_packages" ]]; then
-  log "installing the platform's Python dependencies into $site_packages"
-  # shellcheck disable=SC2086
-  "$repo_root/.venv/bin/pip" install -q --no-warn-conflicts --target "$site_packages.tmp" --only-binary=:all: \
-    --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 $requirements
-  mv "$site_packages.tmp" "$site_packages"
-fi
+# Platform image.
 mkdir -p "$context_root/platform"
 cp -r "$site_packages" "$context_root/platform/site-packages"
 cp -r "$package" "$context_root/platform/kubelambda"

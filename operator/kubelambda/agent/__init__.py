@@ -2,8 +2,9 @@
 
 Run as ``python3 -m kubelambda.agent``. It starts ``KUBELAMBDA_CONCURRENCY`` language runtime
 processes, serves each the Lambda Runtime API on 127.0.0.1, and serves the gateway an invoke
-endpoint. Standard library only; one asyncio loop. In external mode it starts no runtime: the
-runtime is another container of the pod (see ``external.py``).
+endpoint. Standard library plus uvloop, which the runtime images ship beside it (without it,
+asyncio's own loop serves; see ``eventloop.py``); one event loop. In external mode it starts
+no runtime: the runtime is another container of the pod (see ``external.py``).
 
 Environment (set by the operator):
 
@@ -38,6 +39,7 @@ KUBELAMBDA_POOL_TOKEN               warm-pool mode: start with no function, wait
                                     ``agent/pool.py``)
 KUBELAMBDA_POOL_DIR                 warm-pool mode: the only directory a specialisation may
                                     unpack into (and empty)
+KUBELAMBDA_AGENT_LOOP               ``uvloop`` (default, when importable) or ``asyncio``
 ==================================  ==========================================================
 
 Runtime commands: python -> ``python3 $KUBELAMBDA_RUNTIME_DIR/bootstrap.py``; nodejs ->

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
+from kubelambda.agent import eventloop
 from kubelambda.agent.announce import announce
 from kubelambda.agent.config import AgentConfig, Announcement, ConfigError, load_config
 from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
@@ -66,7 +67,7 @@ async def serve(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reaper = Reaper()
-    loop.add_signal_handler(signal.SIGCHLD, reaper.reap)
+    eventloop.on_child_exit(reaper.reap)
 
     slot_type = ExternalSlot if config.external else RuntimeSlot
     slots = [slot_type(i, config, reaper) for i in range(config.concurrency)]
@@ -114,11 +115,11 @@ async def serve_when_specialized(environ: Mapping[str, str]) -> None:
 def main() -> int:
     try:
         if os.environ.get(POOL_TOKEN_ENV):
-            asyncio.run(serve_when_specialized(os.environ))
+            eventloop.run(serve_when_specialized(os.environ))
             return 0
         config = load_config(os.environ)
     except ConfigError as exc:
         print(f"kubelambda-agent: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    eventloop.run(serve(config))
     return 0

@@ -345,7 +345,7 @@ async def wait_for_specialization(environ: Mapping[str, str]) -> AgentConfig | N
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not endpoint.specialized.done():
-        # An unpack thread still running keeps the process until it ends (asyncio.run
+        # An unpack thread still running keeps the process until it ends (the runner
         # joins it); nothing else is waited for.
         endpoint.cancel()
         server.close()

@@ -42,8 +42,16 @@ def handler(event, context):
 """
 
 
-def test_timeout_kills_and_restarts(start_agent):
-    agent = start_agent(files={"app.py": APP}, KUBELAMBDA_TIMEOUT_SECONDS="1")
+# The runtime images run the agent on uvloop; asyncio's own loop is the fallback. Killing and
+# reaping runtimes (SIGCHLD) is where the two loops differ, so both run those tests.
+LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+
+
+@LOOPS
+def test_timeout_kills_and_restarts(start_agent, loop):
+    agent = start_agent(
+        files={"app.py": APP}, KUBELAMBDA_TIMEOUT_SECONDS="1", KUBELAMBDA_AGENT_LOOP=loop
+    )
     first = agent.invoke({}).json()["pid"]
     started = time.monotonic()
     reply = agent.invoke(
@@ -96,8 +104,9 @@ def test_a_deadline_sooner_than_the_running_timer(start_agent):
     assert 0.35 < elapsed < 2.0
 
 
-def test_crash_is_an_exit_error_then_recovers(start_agent):
-    agent = start_agent(files={"app.py": APP})
+@LOOPS
+def test_crash_is_an_exit_error_then_recovers(start_agent, loop):
+    agent = start_agent(files={"app.py": APP}, KUBELAMBDA_AGENT_LOOP=loop)
     reply = agent.invoke({"action": "exit"}, {"X-Kubelambda-Request-Id": "crash-1"})
     assert reply.headers["x-amz-function-error"] == "Unhandled"
     assert reply.json() == {
