@@ -11,8 +11,8 @@ and the same 1 KiB JSON event, over sequential keep-alive requests:
 
 agent   client -> agent invoke endpoint -> Runtime API -> bootstrap -> handler, and back
 relay   the same path through a stand-in for the agent that is as cheap as a Python
-        relay gets: one asyncio loop, bare Protocols, no validation, no logs, no timers,
-        constant ids (``--relay`` below, run as its own process)
+        relay gets: the agent's event loop (``--loop``), bare protocols, no validation, no
+        logs, no timers, constant ids (``--relay`` below, run as its own process)
 direct  no middle process: this script serves the Runtime API itself (blocking sockets) and
         times from writing the event to /next until it has read the /response; this is the
         runtime's own handling plus one loopback exchange each way
@@ -836,10 +836,15 @@ def _request_id(next_answer: bytearray) -> bytes:
 
 
 def _feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
-    """What the loop does when ``data`` arrives on the protocol's socket."""
-    buffer = protocol.get_buffer(len(data))
-    buffer[: len(data)] = data
-    protocol.buffer_updated(len(data))
+    """What the loop does when ``data`` arrives on the protocol's socket: reads of at most
+    the buffer the protocol offers."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
 
 
 async def _replay(kind: str, event: bytes, env: dict[str, str], count: int) -> list[int]:

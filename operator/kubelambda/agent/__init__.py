@@ -39,7 +39,8 @@ KUBELAMBDA_POOL_TOKEN               warm-pool mode: start with no function, wait
                                     ``agent/pool.py``)
 KUBELAMBDA_POOL_DIR                 warm-pool mode: the only directory a specialisation may
                                     unpack into (and empty)
-KUBELAMBDA_AGENT_LOOP               ``uvloop`` (default, when importable) or ``asyncio``
+KUBELAMBDA_AGENT_LOOP               not set by the operator: ``uvloop`` (default, when
+                                    importable) or ``asyncio``
 ==================================  ==========================================================
 
 Runtime commands: python -> ``python3 $KUBELAMBDA_RUNTIME_DIR/bootstrap.py``; nodejs ->

@@ -13,6 +13,8 @@ DEFAULT_RUNTIME_DIR = "/opt/kubelambda/runtime"
 LAMBDA_PATH = ("/var/lang/bin", "/usr/local/bin", "/usr/bin", "/bin", "/opt/bin")
 INTERNAL_PREFIX = "KUBELAMBDA_"
 EXTERNAL = "external"
+# Set in warm-pool pods: the agent waits to be given a function (see ``pool.py``).
+POOL_TOKEN_ENV = "KUBELAMBDA_POOL_TOKEN"
 # Where the agent's own package lives (/var/runtime/lib in the runtime images): on the
 # agent's PYTHONPATH, but function code must not be able to import the agent.
 AGENT_LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

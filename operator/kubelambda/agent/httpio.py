@@ -1,7 +1,7 @@
-"""A minimal HTTP/1.1 server as an asyncio Protocol, just enough for the agent.
+"""A minimal HTTP/1.1 server as an asyncio (buffered) protocol, just enough for the agent.
 
 Both agent endpoints (the invoke endpoint and the Runtime API) sit on every invocation's
-path, so there is no framework and no task or future per request: ``data_received`` parses
+path, so there is no framework and no task or future per request: ``buffer_updated`` parses
 requests and calls the handler synchronously with the connection as the responder; the
 handler answers at once or later (when the invocation completes). A pipelined request waits
 until the previous one is answered. Supports keep-alive, Content-Length and chunked request
@@ -25,10 +25,10 @@ DISCARD_CAP = 64 * 1024 * 1024
 # Pipelined data buffered while a request is being answered, before reading pauses.
 PAUSE_LIMIT = 1024 * 1024
 LINGER_S = 1.0  # after an error answer, how long the client may go on sending
-# Every connection reads into this one buffer and copies out at once (the loop reads one
-# socket at a time). A Protocol would instead get a fresh bytes object per read, which
-# asyncio allocates at 256 KiB and shrinks: above glibc's mmap threshold, that is an mmap, an
-# mremap and a munmap on every read.
+# Every connection reads into this one buffer and copies out at once: the loop reads one
+# socket at a time (one event loop per process, as the agent runs). A Protocol would instead
+# get a fresh bytes object per read, which asyncio allocates at 256 KiB and shrinks: above
+# glibc's mmap threshold, that is an mmap, an mremap and a munmap on every read.
 _READ_BUFFER = memoryview(bytearray(256 * 1024))
 
 _REASONS = {
@@ -151,7 +151,7 @@ class Connection(asyncio.BufferedProtocol):
         self._eof = False  # the client half-closed: close once its requests are answered
         self._failed = False  # answered with an error: drop whatever else arrives
 
-    # --- asyncio.Protocol ------------------------------------------------------------------
+    # --- asyncio.BufferedProtocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
@@ -226,10 +226,12 @@ class Connection(asyncio.BufferedProtocol):
     def _process(self) -> None:
         self._processing = True
         try:
-            while self._answering is None and self._transport is not None:
+            # Not past a closing transport: a request pipelined behind one answered with
+            # Connection: close is dropped unanswered, never handled.
+            while self._answering is None and not self.closed:
                 request = self._next_request()
                 if request is None:
-                    if self._eof:
+                    if self._eof and self._transport is not None:
                         self._transport.close()
                     return
                 self._answering = request

@@ -10,12 +10,17 @@ from collections.abc import Callable, Mapping
 
 from kubelambda.agent import eventloop
 from kubelambda.agent.announce import announce
-from kubelambda.agent.config import AgentConfig, Announcement, ConfigError, load_config
+from kubelambda.agent.config import (
+    POOL_TOKEN_ENV,
+    AgentConfig,
+    Announcement,
+    ConfigError,
+    load_config,
+)
 from kubelambda.agent.errors import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from kubelambda.agent.external import ExternalSlot
 from kubelambda.agent.httpio import serve as serve_http
 from kubelambda.agent.invoke import InvokeEndpoint
-from kubelambda.agent.pool import POOL_TOKEN_ENV, wait_for_specialization
 from kubelambda.agent.procs import Reaper
 from kubelambda.agent.runtime import RuntimeSlot
 from kubelambda.agent.runtime_api import RuntimeApi
@@ -85,7 +90,8 @@ async def serve(config: AgentConfig) -> None:
         announcing = asyncio.create_task(_announce_when_settled(config, config.announce, slots))
     print(
         f"kubelambda-agent: {config.function_name}:{config.version} ({config.runtime}), "
-        f"{config.concurrency} runtime(s), invoke port {config.invoke_port}",
+        f"{config.concurrency} runtime(s), invoke port {config.invoke_port}, "
+        f"{eventloop.loop_name(loop)} loop",
         file=sys.stderr,
         flush=True,
     )
@@ -107,6 +113,10 @@ async def serve(config: AgentConfig) -> None:
 
 async def serve_when_specialized(environ: Mapping[str, str]) -> None:
     """Warm pool mode: wait in the pool, then serve the function it was given."""
+    # Imported here: the unpacking (zipfile, urllib, hashlib: about 4 MB of RSS) is a pool
+    # pod's job, so it stays out of every other function pod's agent.
+    from kubelambda.agent.pool import wait_for_specialization  # noqa: PLC0415
+
     config = await wait_for_specialization(environ)
     if config is not None:
         await serve(config)

@@ -45,12 +45,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubelambda.agent import unpack
-from kubelambda.agent.config import AgentConfig, ConfigError, _int, load_config
+from kubelambda.agent.config import (
+    POOL_TOKEN_ENV,
+    AgentConfig,
+    ConfigError,
+    _int,
+    load_config,
+)
 from kubelambda.agent.httpio import Connection, Request, Response, json_response
 from kubelambda.agent.httpio import serve as serve_http
 from kubelambda.agent.unpack import UnpackError
 
-POOL_TOKEN_ENV = "KUBELAMBDA_POOL_TOKEN"
 POOL_DIR_ENV = "KUBELAMBDA_POOL_DIR"
 SPECIALIZE_PATH = "/v1/specialize"
 HEALTH_PATH = "/healthz"

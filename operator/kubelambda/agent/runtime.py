@@ -144,7 +144,8 @@ class RuntimeSlot:
         self._sample_s: float | None = SAMPLE_S if config.enforce_memory else None
         self._sampler: asyncio.TimerHandle | None = None
         # Fires at or before the current invocation's deadline; see _set_deadline.
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = math.inf  # the loop time it is armed for
         self._waiter: Connection | None = None  # a runtime blocked in GET /next
         self._delivered = False
         self._stopping = False
@@ -422,19 +423,27 @@ class RuntimeSlot:
         (for an invocation since completed) it moves on to the current one's deadline. A fast
         invocation then costs no timer at all."""
         inv.deadline = self._loop.time() + max(delay, 0.0)
-        timer = self._timer
-        if timer is None or timer.when() > inv.deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(inv.deadline, self._on_deadline)
+        if self._timer_at > inv.deadline:
+            self._arm(inv.deadline)
+
+    def _arm(self, when: float) -> None:
+        """(Re)arm the slot's timer for loop time ``when``. The armed time is kept here, not
+        read back with ``TimerHandle.when()``: for a delay that rounds to 0 ms, uvloop (whose
+        clock counts whole milliseconds, and which fires timers up to 0.5 ms early) returns a
+        plain ``Handle``. At least 1 ms ahead, a re-armed timer cannot spin either."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(max(when, self._loop.time() + 0.001), self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         inv = self.current
         if inv is None:
             return
         if inv.deadline > self._loop.time():
-            self._timer = self._loop.call_at(inv.deadline, self._on_deadline)
+            self._arm(inv.deadline)
             return
         self._on_timeout(inv)
 

@@ -8,11 +8,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import uvloop
 
 from kubelambda.agent import eventloop
+from kubelambda.agent.config import load_config
+from kubelambda.agent.httpio import Connection
+from kubelambda.agent.procs import Reaper
+from kubelambda.agent.runtime import Invocation, RuntimeSlot
 
 OPERATOR = Path(__file__).resolve().parents[3] / "operator"
 
@@ -35,9 +40,10 @@ async def main():
             exits.put_nowait(os.waitstatus_to_exitcode(status))
 
     eventloop.on_child_exit(reap)
-    codes = []
+    codes, children = [], []
     for code in (3, 0):
-        subprocess.Popen(["sh", "-c", f"exit {code}"])
+        # Kept: a collected Popen would reap its own child (as the agent keeps its runtimes').
+        children.append(subprocess.Popen(["sh", "-c", f"exit {code}"]))
         codes.append(await asyncio.wait_for(exits.get(), 5))
     print(type(asyncio.get_running_loop()).__module__, codes)
 
@@ -72,3 +78,48 @@ def test_child_exits_reach_the_loop(choice, module):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(None, 1)[0].startswith(module)
     assert done.stdout.split(None, 1)[1].strip() == "[3, 0]"
+
+
+def test_deadline_timer_on_uvloop_below_a_millisecond(tmp_path, monkeypatch):
+    monkeypatch.delenv(eventloop.LOOP_ENV, raising=False)
+    # uvloop's clock counts whole milliseconds: for a delay that rounds to 0 ms its call_at
+    # returns a plain Handle (no when()), and it fires timers up to 0.5 ms early. The slot's
+    # one deadline timer must neither trip over the first nor spin on the second.
+    config = load_config(
+        {
+            "AWS_LAMBDA_FUNCTION_NAME": "fn",
+            "KUBELAMBDA_RUNTIME": "provided",
+            "KUBELAMBDA_TASK_ROOT": str(tmp_path),
+        }
+    )
+    timed_out: list[str] = []
+    fired: list[float] = []
+
+    async def main() -> None:
+        slot = RuntimeSlot(0, config, Reaper())
+        monkeypatch.setattr(slot, "_on_timeout", lambda inv: timed_out.append(inv.request_id))
+        on_deadline = slot._on_deadline
+
+        def count_and_fire() -> None:
+            fired.append(asyncio.get_running_loop().time())
+            on_deadline()
+
+        monkeypatch.setattr(slot, "_on_deadline", count_and_fire)
+        soon, later = invocation("soon"), invocation("later")
+        slot._set_deadline(soon, 0.0004)
+        slot._set_deadline(later, 1.0)  # compares with the armed time, not the handle's
+        slot.current = soon
+        await asyncio.sleep(0.05)
+
+    eventloop.run(main())
+    assert timed_out == ["soon"]
+    assert len(fired) <= 3
+
+
+def invocation(request_id: str) -> Invocation:
+    def completed(inv: Invocation, body: bytes, error: bool) -> None:
+        raise AssertionError("not answered in this test")
+
+    return Invocation(
+        request_id, b"{}", "arn", "trace", responder=cast(Connection, None), on_complete=completed
+    )

@@ -193,6 +193,43 @@ def raw_exchange(port: int, data: bytes, expect_parts: int = 1) -> bytes:
         return received
 
 
+def read_reply(reader) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length answer from a raw socket's reader."""
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get("content-length", "0")))
+
+
+def test_a_next_pipelined_behind_the_result_takes_the_following_event(runtime_side):
+    # kubelambda's Python runtime sends each result and its next GET /next in one write.
+    agent, runtime, invoke = runtime_side
+    first = invoke(b'{"n":1}', {"X-Kubelambda-Request-Id": "id-p1"})
+    runtime.next()
+    next_request = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", agent.api_port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(
+            b"POST /2018-06-01/runtime/invocation/id-p1/response HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Length: 5\r\n\r\n"one"' + next_request
+        )
+        assert read_reply(reader)[0] == 202
+        assert first.result(timeout=5).body == b'"one"'
+        second = invoke(b'{"n":2}', {"X-Kubelambda-Request-Id": "id-p2"})
+        status, headers, body = read_reply(reader)
+        assert (status, body) == (200, b'{"n":2}')
+        assert headers["lambda-runtime-aws-request-id"] == "id-p2"
+        sock.sendall(
+            b"POST /2018-06-01/runtime/invocation/id-p2/error HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 0\r\n\r\n" + next_request
+        )
+        assert read_reply(reader)[0] == 202
+        assert second.result(timeout=5).json()["errorType"] == "Runtime.Unknown"
+        reader.close()
+
+
 def test_chunked_and_expect_continue_bodies(runtime_side):
     agent, runtime, invoke = runtime_side
     pending = invoke(b"{}", {"X-Kubelambda-Request-Id": "id-c"})
