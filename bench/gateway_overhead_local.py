@@ -39,6 +39,7 @@ from typing import Any
 import httptools
 import uvloop
 from tests.unit.gateway.objects import add_function, add_slice
+from tests.unit.ports import free_port, free_port_range
 
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.httpserver import Request, Response, serve
@@ -51,30 +52,6 @@ assert 1000 < len(PAYLOAD) <= 1024
 NOOP = "def handler(event, context):\n    return {}\n"
 INVOKE = "/2015-03-31/functions/{}/invocations"
 LOAD_CONCURRENCY = 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def free_port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (runtime i listens on base + i)."""
-    while True:
-        base = free_port()
-        if base + count < 65000 and all(_bindable(base + i) for i in range(count)):
-            return base
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_port(port: int, timeout: float = 30) -> None:

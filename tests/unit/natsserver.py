@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.ports import free_port
+
 
 def nats_server_binary() -> str:
     cache = Path(os.environ.get("KUBELAMBDA_CACHE") or Path.home() / ".cache" / "kubelambda")
@@ -28,13 +30,6 @@ def nats_server_binary() -> str:
         f"nats-server not found in {candidate.parent} nor on PATH: build it with hack/nats.sh",
         pytrace=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class NatsServer:

@@ -113,7 +113,7 @@ async def serve(config: AgentConfig) -> None:
 
 async def serve_when_specialized(environ: Mapping[str, str]) -> None:
     """Warm pool mode: wait in the pool, then serve the function it was given."""
-    # Imported here: the unpacking (zipfile, urllib, hashlib: about 4 MB of RSS) is a pool
+    # Imported here: the unpacking (zipfile, urllib, hashlib: about 3 MB of RSS) is a pool
     # pod's job, so it stays out of every other function pod's agent.
     from kubelambda.agent.pool import wait_for_specialization  # noqa: PLC0415
 

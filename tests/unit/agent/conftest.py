@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from tests.unit.ports import free_port_range
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON_RUNTIME_DIR = REPO / "runtime-images" / "python"
@@ -30,26 +30,6 @@ class Reply(NamedTuple):
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive free ports."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base: int = s.getsockname()[1]
-        if base + count < 65000 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port range")
 
 
 class Agent:

@@ -23,27 +23,19 @@ OPERATOR = Path(__file__).resolve().parents[3] / "operator"
 
 # Runs in its own process: a SIGCHLD handler must not outlive the check in pytest's process.
 CHILD_EXIT = """
-import asyncio, os, subprocess
+import asyncio, subprocess
 from kubelambda.agent import eventloop
+from kubelambda.agent.procs import Reaper
 
 async def main():
     exits = asyncio.Queue()
-
-    def reap():
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            exits.put_nowait(os.waitstatus_to_exitcode(status))
-
-    eventloop.on_child_exit(reap)
+    reaper = Reaper()
+    eventloop.on_child_exit(reaper.reap)
     codes, children = [], []
     for code in (3, 0):
         # Kept: a collected Popen would reap its own child (as the agent keeps its runtimes').
         children.append(subprocess.Popen(["sh", "-c", f"exit {code}"]))
+        reaper.watch(children[-1].pid, exits.put_nowait)
         codes.append(await asyncio.wait_for(exits.get(), 5))
     print(type(asyncio.get_running_loop()).__module__, codes)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -11,6 +10,7 @@ from kubelambda.agent import eventloop
 from kubelambda.agent.httpio import (
     HEAD_LIMIT,
     Connection,
+    Handler,
     Request,
     Response,
     json_response,
@@ -36,9 +36,6 @@ def _echo(request: Request, conn: Connection) -> None:
         asyncio.get_running_loop().call_later(0.05, conn.respond, response)
     else:
         conn.respond(response)
-
-
-Handler = Callable[[Request, Connection], None]
 
 
 async def _exchange(data: bytes, max_body: int, chunks: int, handler: Handler) -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from kubelambda.controller import pool
 from kubelambda.controller.config import OperatorConfig
 from kubelambda.controller.pool import PoolPods, Specialization, adopt_pool_pod, reconcile_pools
 from kubelambda.resources.pool import POOL_ANNOTATION, SPECIALIZATION_ANNOTATION, pool_token
+from tests.unit.ports import free_port
 
 NAMESPACE = "team-a"
 PLAN = {"pool": "python3.11", "hash": "h1", "request": {"env": {"A": "1"}, "unpack": {}}}
@@ -113,12 +113,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     monkeypatch.setattr(pool, "POOL_PODS", PoolPods())
     monkeypatch.setattr(pool, "INIT_POLL_S", 0.01)
     return fake
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_with_agents(

@@ -11,7 +11,6 @@ import importlib.util
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from botocore.response import StreamingBody
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.main import Gateway
 from kubelambda.gateway.routing import RoutingTable
+from tests.unit.ports import free_port, free_port_range
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON_RUNTIME_DIR = REPO / "runtime-images" / "python"
@@ -57,13 +57,6 @@ def handler(event, context):
         "pid": os.getpid(),
     }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 class Agent:
@@ -134,11 +127,7 @@ def start_agent(
         "KUBELAMBDA_TIMEOUT_SECONDS": str(timeout),
     }
     if concurrency > 1:
-        # Runtime i listens on base + i: find a free run of ports.
-        base = free_port()
-        while not all(_free(base + i) for i in range(concurrency)):
-            base = free_port()
-        full_env["KUBELAMBDA_RUNTIME_API_PORT"] = str(base)
+        full_env["KUBELAMBDA_RUNTIME_API_PORT"] = str(free_port_range(concurrency))
     full_env.update(env)
     log = directory / f"agent-{port}.log"
     with log.open("wb") as out:
@@ -151,15 +140,6 @@ def start_agent(
     agent = Agent(proc, port, log)
     agent.wait_ready()
     return agent
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class RunningGateway:

@@ -17,8 +17,9 @@ from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubelambda.gateway.publisher import AsyncInvocation, PublishRejected
-from tests.unit.gateway.conftest import RunningGateway, free_port, lambda_client
+from tests.unit.gateway.conftest import RunningGateway, lambda_client
 from tests.unit.gateway.objects import add_alias, add_function, add_slice
+from tests.unit.ports import free_port
 
 ARN = "arn:aws:lambda:us-east-1:000000000000:function"
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from kubelambda.store.tokens import read_token
+from tests.unit.ports import free_port
 
 UPLOAD = "upload-secret"
 SIGNING = "signing-secret"
@@ -39,12 +40,6 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             archive.writestr(name, data)
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Store:
