@@ -36,7 +36,9 @@ Results: bench/results/agent_overhead-<UTC time>.json.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import fcntl
 import gc
 import http.client
 import importlib.util
@@ -50,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections import deque
@@ -60,8 +63,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, BinaryIO, cast
-
-from bench.common import percentile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -74,6 +75,9 @@ HANDLERS = {
     "echo": "def handler(event, context):\n    return event\n",
 }
 TARGET_ADDED_P50_MS = 0.2
+# The interpreter the runtime images run the agent and the Python runtime on: Debian
+# bookworm's python3 (hack/base-images.sh installs the same package with debootstrap).
+IMAGE_PYTHON = Path("/usr/bin/python3")
 TARGET_RSS_MB = 30.0
 # Same shape as the agent's generated trace ids; the relay and direct scenarios send it as is.
 TRACE_ID = "Root=1-00000000-000000000000000000000000;Parent=0000000000000000;Sampled=0"
@@ -96,6 +100,10 @@ class BenchError(RuntimeError):
 
 
 def summary_us(samples_ns: Sequence[int]) -> dict[str, float | int]:
+    # Imported here: bench.common imports the kubernetes client, which the relay process
+    # (this module under --python, possibly without the venv's packages) must not need.
+    from bench.common import percentile  # noqa: PLC0415
+
     if not samples_ns:
         return {"n": 0}
     us = [s / 1000 for s in samples_ns]
@@ -750,15 +758,16 @@ def agent_anatomy(probe_pid: int, workdir: Path, count: int) -> dict[str, float]
     os.set_blocking(read_fd, False)
     request_id = str(uuid.uuid4())
 
-    def empty_read() -> None:
-        with suppress(BlockingIOError):
-            os.read(read_fd, 65536)
+    pending = array.array("i", [0])
+
+    def empty_pipe() -> None:
+        fcntl.ioctl(read_fd, termios.FIONREAD, pending)
 
     def log_lines() -> None:
-        os.write(log_fd, logs.start_line(request_id, "$LATEST"))
         os.write(
             log_fd,
-            logs.end_line(request_id)
+            logs.start_line(request_id, "$LATEST")
+            + logs.end_line(request_id)
             + logs.report_line(
                 request_id,
                 duration_ms=0.3,
@@ -775,13 +784,14 @@ def agent_anatomy(probe_pid: int, workdir: Path, count: int) -> dict[str, float]
             httpio.parse_head(next_head),
             httpio.parse_head(response_head),
         ),
-        "request id: uuid4()": lambda: str(uuid.uuid4()),
+        "request id: new_request_id()": invoke.new_request_id,
         "trace id: new_trace_id()": invoke.new_trace_id,
         "MemoryProbe.peak_kb(reset=True) (/proc status, children, clear_refs)": lambda: (
             probe.peak_kb(reset=True)
         ),
-        "START + END/REPORT lines, 2 writes to the log file": log_lines,
-        "drain runtime output: read() -> EAGAIN": empty_read,
+        # Held lines of back-to-back invocations share a write: at most one per invocation.
+        "START + END/REPORT lines, one write to the log file": log_lines,
+        "drain runtime output: FIONREAD on the empty pipe": empty_pipe,
     }
     out: dict[str, float] = {}
     perf = time.perf_counter_ns
@@ -792,7 +802,7 @@ def agent_anatomy(probe_pid: int, workdir: Path, count: int) -> dict[str, float]
                 t0 = perf()
                 step()
                 samples.append(perf() - t0)
-            out[name] = round(percentile(samples, 0.5) / 1000, 1)
+            out[name] = round(statistics.median(samples) / 1000, 1)
     finally:
         probe.close()
         for fd in (log_fd, read_fd, write_fd):
@@ -938,6 +948,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def python_version(python: str) -> str:
+    """``3.11.2 (/usr/bin/python3)``: the interpreter the agents and runtimes ran on."""
+    code = "import platform; print(platform.python_version())"
+    version = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return f"{version.stdout.strip()} ({python})"
+
+
 def rss_mb(pid: int) -> dict[str, float]:
     return {k: round(v / 1024, 1) for k, v in proc_status_kb(pid).items()}
 
@@ -954,6 +971,24 @@ class Bench:
         self.task_root = workdir / "task"
         self.task_root.mkdir()
         (self.task_root / "app.py").write_text(HANDLERS[args.handler])
+        self.python, self.uvloop_dir = self._interpreter(args.python, workdir)
+
+    @staticmethod
+    def _interpreter(python: Path, workdir: Path) -> tuple[str, Path]:
+        """Make ``python`` the ``python3`` of every process started (first on PATH), and lay
+        out uvloop for it as the images do: the package alone, next to the agent's code."""
+        if not os.access(python, os.X_OK):
+            raise BenchError(f"--python {python}: not an executable")
+        bindir = workdir / "bin"
+        bindir.mkdir()
+        (bindir / "python3").symlink_to(python)
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+        uvloop_dir = workdir / "lib"
+        uvloop_dir.mkdir()
+        spec = importlib.util.find_spec("uvloop")
+        if spec is not None and spec.submodule_search_locations:
+            (uvloop_dir / "uvloop").symlink_to(spec.submodule_search_locations[0])
+        return str(python), uvloop_dir
 
     def start_agent(
         self, role: str, concurrency: int, code: Path = OPERATOR_DIR
@@ -961,21 +996,22 @@ class Bench:
         """An agent whose package is imported from `code` (another copy for --baseline)."""
         port, api_port = free_port_range(1), free_port_range(concurrency)
         env = agent_env(self.task_root, port, api_port, concurrency)
-        env["PYTHONPATH"] = str(code)
+        env["PYTHONPATH"] = f"{code}{os.pathsep}{self.uvloop_dir}"
         entry = ["-m", "kubelambda.agent"]
-        argv = [sys.executable, *entry]
+        argv = [self.python, *entry]
         if self.args.profile_agent:
             profile = self.workdir / f"{role}.prof"
-            argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *entry]
+            argv = [self.python, "-m", "cProfile", "-o", str(profile), *entry]
         proc = self.procs.start(role, argv, env, REPO_ROOT)
         wait_healthy(port, [proc], self.args.timeout)
         return proc, port
 
     def start_relay(self, role: str, concurrency: int) -> tuple[Proc, list[Proc], int]:
         port, api_port = free_port_range(1), free_port_range(concurrency)
-        argv = [sys.executable, "-m", "bench.agent_overhead"]
+        argv = [self.python, "-m", "bench.agent_overhead"]
         argv += ["--relay", str(port), str(api_port), str(concurrency)]
-        relay_env = base_env(REPO_ROOT) | {"PYTHONPATH": f"{REPO_ROOT}:{OPERATOR_DIR}"}
+        pythonpath = os.pathsep.join(map(str, (REPO_ROOT, OPERATOR_DIR, self.uvloop_dir)))
+        relay_env = base_env(REPO_ROOT) | {"PYTHONPATH": pythonpath}
         relay = self.procs.start(role, argv, relay_env, REPO_ROOT)
         command, env = runtime_spec(agent_env(self.task_root, port, api_port, concurrency))
         wait_listening(port, relay, self.args.timeout)  # the API ports are bound before it
@@ -1131,7 +1167,8 @@ def print_report(result: dict[str, Any]) -> None:
     seq = result["sequential"]
     print(
         f"\nsequential, 1 runtime, {result['config']['payload_bytes']} B event, "
-        f"{result['config']['handler']} handler (µs; CPU µs per invocation)"
+        f"{result['config']['handler']} handler (µs; CPU µs per invocation); "
+        f"agents and runtimes on Python {result['machine']['servers_python']}"
     )
     print(f"{'scenario':<8} {'n':>5} {'p50':>7} {'p90':>7} {'p99':>7} {'mean':>7}  cpu")
     for name, s in seq["scenarios"].items():
@@ -1313,6 +1350,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " the last commit's) as scenario 'baseline', in the same rounds",
     )
     parser.add_argument(
+        "--python",
+        type=Path,
+        default=IMAGE_PYTHON,
+        help="interpreter of the agents, the relay and every runtime (their `python3`): by"
+        " default Debian's, as in the runtime images; a development build (e.g. pyenv's,"
+        " without PGO/LTO) runs the same code about 20%% slower",
+    )
+    parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -1350,6 +1395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Processes(workdir)
         try:
             bench = Bench(args, workdir, procs)
+            result["machine"]["servers_python"] = python_version(bench.python)
             result["sequential"] = bench.sequential()
             if args.concurrency:
                 result["concurrent"] = bench.concurrent()

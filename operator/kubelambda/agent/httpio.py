@@ -103,25 +103,23 @@ def encode_response(response: Response, keep_alive: bool) -> bytes:
 def parse_head(head: bytes) -> Request:
     # Lenient line splitting (bare LF accepted) also guarantees no header value holds a
     # newline, so values can be copied into other responses without header injection.
-    lines = head.decode("latin-1").split("\n")
+    request_line, _, rest = head.decode("latin-1").partition("\n")
     try:
-        method, target, version = lines[0].rstrip("\r").split(" ", 2)
+        method, target, version = request_line.rstrip("\r").split(" ", 2)
     except ValueError:
         raise HttpError(400, "malformed request line") from None
     headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        line = raw.rstrip("\r")
-        if not line:
-            continue
+    for line in rest.split("\n"):
         name, sep, value = line.partition(":")
-        if not sep:
+        if sep:
+            headers[name.strip().lower()] = value.strip()  # strip() takes the CR too
+        elif line.strip():
             raise HttpError(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
-    connection = headers.get("connection", "").lower()
+    connection = headers.get("connection")
     if version == "HTTP/1.1":
-        keep_alive = connection != "close"
+        keep_alive = connection is None or connection.lower() != "close"
     elif version == "HTTP/1.0":
-        keep_alive = connection == "keep-alive"
+        keep_alive = connection is not None and connection.lower() == "keep-alive"
     else:
         raise HttpError(400, "unsupported HTTP version")
     return Request(method, target, headers, keep_alive)
@@ -150,6 +148,9 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         self._eof = False  # the client half-closed: close once its requests are answered
         self._failed = False  # answered with an error: drop whatever else arrives
+        # Answers held back while a pipelined request is being handled: they go out with
+        # that request's answer, in one write (see ``respond``).
+        self._corked = b""
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------------
 
@@ -197,18 +198,34 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def flushed(self) -> bool:
-        return self._transport is None or self._transport.get_write_buffer_size() == 0
+        return self._transport is None or (
+            not self._corked and self._transport.get_write_buffer_size() == 0
+        )
 
     def respond(self, response: Response) -> None:
-        """Answer the request being handled; then go on with any pipelined one."""
+        """Answer the request being handled; then go on with any pipelined one.
+
+        With more input already buffered, a success is corked: it goes out with the next
+        answer, in one write, or as soon as no complete request is left to handle. A
+        runtime that pipelines ``GET /next`` behind its result then gets the 202 together
+        with its next event, and is not woken in between only to wait again. An error goes
+        out at once: the client may have something to say about it (a runtime logs a 413).
+        """
         request, self._answering = self._answering, None
         transport = self._transport
         if request is None or transport is None:
             return
-        transport.write(encode_response(response, request.keep_alive))
+        data = encode_response(response, request.keep_alive)
+        if self._corked:
+            data, self._corked = self._corked + data, b""
         if not request.keep_alive:
+            transport.write(data)
             transport.close()
             return
+        if self._buffer and response.status < 300:
+            self._corked = data
+        else:
+            transport.write(data)
         if self._paused:
             self._paused = False
             transport.resume_reading()
@@ -216,10 +233,16 @@ class Connection(asyncio.BufferedProtocol):
             self._process()
 
     def close(self) -> None:
-        """Drop the connection without answering."""
+        """Drop the connection without answering (the answers before still go out)."""
         self._answering = None
         if self._transport is not None:
+            self._uncork()
             self._transport.close()
+
+    def _uncork(self) -> None:
+        if self._corked and self._transport is not None:
+            self._transport.write(self._corked)
+        self._corked = b""
 
     # --- parsing ---------------------------------------------------------------------------
 
@@ -228,9 +251,12 @@ class Connection(asyncio.BufferedProtocol):
         try:
             # Not past a closing transport: a request pipelined behind one answered with
             # Connection: close is dropped unanswered, never handled.
-            while self._answering is None and not self.closed:
+            while self._answering is None and not (
+                self._transport is None or self._transport.is_closing()
+            ):
                 request = self._next_request()
                 if request is None:
+                    self._uncork()  # nothing more to answer for now
                     if self._eof and self._transport is not None:
                         self._transport.close()
                     return
@@ -255,6 +281,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         body = b'{"message":"%s"}' % str(exc).encode()
         transport = self._transport
+        self._uncork()
         transport.write(encode_response(json_response(exc.status, body), False))
         self._answering = None
         self._failed = True
@@ -313,6 +340,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._remaining = 0
                 return
         if expects_continue and self._transport is not None:
+            self._uncork()
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _take(self, request: Request) -> None:

@@ -107,6 +107,8 @@ async def serve(config: AgentConfig) -> None:
     if announcing is not None:
         announcing.cancel()
     await _stop_runtimes(slots)
+    for slot in slots:
+        slot.flush_log()  # the last END/REPORT lines
     for api_server in api_servers:
         api_server.close()
 

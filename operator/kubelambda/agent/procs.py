@@ -99,13 +99,24 @@ class MemoryProbe:
         return found
 
     def peak_kb(self, reset: bool = False) -> int:
-        """The tree's peak RSS; with ``reset``, restart accounting for the next invocation."""
-        total = _status_kb(_pread(self._status), b"VmHWM:")
+        """The tree's peak RSS; with ``reset``, restart accounting for the next invocation.
+        Read after every invocation: the common case (one process) is written out inline."""
+        try:
+            total = _status_kb(os.pread(self._status, 4096, 0), b"VmHWM:")
+            children = os.pread(self._children, 4096, 0)
+            if reset:
+                os.write(self._clear_refs, b"5")
+        except OSError:  # the process is gone, or a file missing (fd -1): the slow way
+            total = _status_kb(_pread(self._status), b"VmHWM:")
+            children = _pread(self._children)
+            if reset:
+                _write_quietly(self._clear_refs, b"5")
+        if not children:
+            return total
         descendants = self._descendants()
         for pid in descendants:
             total += _status_kb(_read(f"/proc/{pid}/status"), b"VmHWM:")
         if reset:
-            _write_quietly(self._clear_refs, b"5")
             for pid in descendants:
                 fd = _open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
                 _write_quietly(fd, b"5")

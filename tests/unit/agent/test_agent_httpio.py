@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -153,3 +154,67 @@ def test_a_handler_bug_is_a_500():
     reply = exchange(b"GET /boom HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"X-Target: /a" not in reply
+
+
+def _hold_or_drop(request: Request, conn: Connection) -> None:
+    """/held is answered 0.3 s later (a runtime's /next waiting for an event), /drop is closed
+    then without an answer; anything else at once."""
+    loop = asyncio.get_running_loop()
+    if request.target == "/held":
+        loop.call_later(0.3, conn.respond, Response(200, b"X-Target: /held\r\n", b""))
+    elif request.target == "/drop":
+        loop.call_later(0.3, conn.close)
+    else:
+        _echo(request, conn)
+
+
+async def _scripted(steps: list[bytes]) -> list[bytes]:
+    """Sends each step, then collects what arrives within 0.15 s; the last step reads to EOF."""
+    server = await serve(_hold_or_drop, "127.0.0.1", 0, 100)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    received = []
+    for step in steps[:-1]:
+        writer.write(step)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got += await asyncio.wait_for(reader.read(65536), 0.15)
+        received.append(got)
+    writer.write(steps[-1])
+    writer.write_eof()
+    received.append(await asyncio.wait_for(reader.read(), 5))
+    writer.close()
+    server.close()
+    return received
+
+
+def test_an_answer_goes_out_with_the_pipelined_answer_behind_it():
+    # A runtime that sends its result and GET /next in one write gets the 202 together with
+    # its next event: it is not woken in between only to wait again.
+    first, rest = eventloop.run(
+        _scripted([b"GET /now HTTP/1.1\r\n\r\nGET /held HTTP/1.1\r\n\r\n", b""])
+    )
+    assert first == b""
+    assert rest.index(b"X-Target: /now") < rest.index(b"X-Target: /held")
+
+
+def test_an_answer_is_not_held_for_a_request_still_arriving():
+    first, rest = eventloop.run(
+        _scripted([b"GET /now HTTP/1.1\r\n\r\nGET /la", b"ter HTTP/1.1\r\n\r\n"])
+    )
+    assert b"X-Target: /now" in first
+    assert b"X-Target: /later" in rest
+
+
+def test_a_dropped_request_still_lets_the_answers_before_it_out():
+    (rest,) = eventloop.run(_scripted([b"GET /now HTTP/1.1\r\n\r\nGET /drop HTTP/1.1\r\n\r\n"]))
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\nX-Method: GET\r\nX-Target: /now\r\n")
+    assert rest.count(b"HTTP/1.1") == 1
+
+
+def test_an_error_answer_is_not_held_back():
+    # A runtime whose result was too large logs the 413 before it takes its next event.
+    too_large = b"POST /big HTTP/1.1\r\nContent-Length: 150\r\n\r\n" + b"x" * 150
+    first, rest = eventloop.run(_scripted([too_large + b"GET /held HTTP/1.1\r\n\r\n", b""]))
+    assert first.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
+    assert b"X-Target: /held" in rest
