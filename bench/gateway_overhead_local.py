@@ -8,6 +8,10 @@ a runtime behind it), and the gateway (``Gateway`` with a routing table fed dire
 unit tests) routing ``noop`` to the agent and ``stub`` to the stub. Every request carries the
 same 1 KiB JSON event over keep-alive connections.
 
+The servers (agent and its runtimes, stub, gateway) run on ``--python``: by default Debian's
+``/usr/bin/python3``, the interpreter of the platform and runtime images, with this venv's
+packages on its path (the images carry the same manylinux wheels). The clients run here.
+
 - concurrency 1: one blocking client, rounds alternating direct and through-the-gateway calls
   (drift hits both alike); p50/p99 and the added p50 (target <= 0.3 ms).
 - concurrency 32: a uvloop load process with 32 connections, direct vs gateway, for the agent
@@ -30,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -52,6 +57,8 @@ assert 1000 < len(PAYLOAD) <= 1024
 NOOP = "def handler(event, context):\n    return {}\n"
 INVOKE = "/2015-03-31/functions/{}/invocations"
 LOAD_CONCURRENCY = 32
+# The interpreter of the platform and runtime images (Debian bookworm's, hack/base-images.sh).
+IMAGE_PYTHON = "/usr/bin/python3"
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -66,7 +73,10 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 def env() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": str(REPO / "operator") + os.pathsep + str(REPO)}
+    # The venv's packages last: for a server on another interpreter, they stand in for the
+    # images' site-packages (the same wheels).
+    paths = (REPO / "operator", REPO, sysconfig.get_paths()["purelib"])
+    return os.environ | {"PYTHONPATH": os.pathsep.join(map(str, paths))}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -171,10 +181,14 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def start(args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, *args], env=env() | extra_env, stdout=subprocess.DEVNULL
-    )
+def start(python: str, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([python, *args], env=env() | extra_env, stdout=subprocess.DEVNULL)
+
+
+def python_version(python: str) -> str:
+    code = "import platform; print(platform.python_version())"
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return f"{found.stdout.strip()} ({python})"
 
 
 def sequential(port: int, function: str, count: int) -> list[float]:
@@ -231,45 +245,43 @@ def report_latency(name: str, values: list[float]) -> dict[str, float]:
     return {"p50_ms": p50 * 1000, "p99_ms": p99 * 1000}
 
 
-def benchmark(requests: int, warmup: int) -> dict[str, Any]:
+def start_agent(python: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """The noop function's agent, its runtimes on the same interpreter (their `python3`), as
+    in the images."""
+    task = tmp / "task"
+    task.mkdir()
+    (task / "app.py").write_text(NOOP)
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(python)
+    return start(
+        python,
+        ["-m", "kubelambda.agent"],
+        PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        AWS_LAMBDA_FUNCTION_NAME="noop",
+        _HANDLER="app.handler",
+        KUBELAMBDA_RUNTIME="python3.11",
+        KUBELAMBDA_RUNTIME_DIR=str(REPO / "runtime-images" / "python"),
+        KUBELAMBDA_TASK_ROOT=str(task),
+        KUBELAMBDA_INVOKE_PORT=str(port),
+        KUBELAMBDA_RUNTIME_API_PORT=str(free_port_range(LOAD_CONCURRENCY)),
+        KUBELAMBDA_CONCURRENCY=str(LOAD_CONCURRENCY),
+        KUBELAMBDA_TIMEOUT_SECONDS="30",
+    )
+
+
+def benchmark(requests: int, warmup: int, python: str) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"servers_python": python_version(python)}
+    print(f"servers on Python {results['servers_python']}, clients on {sys.executable}")
     with tempfile.TemporaryDirectory() as tmp:
-        task = Path(tmp) / "task"
-        task.mkdir()
-        (task / "app.py").write_text(NOOP)
         agent_port, stub_port, gateway_port = free_port(), free_port(), free_port()
         try:
-            procs.append(
-                start(
-                    ["-m", "kubelambda.agent"],
-                    **{
-                        "AWS_LAMBDA_FUNCTION_NAME": "noop",
-                        "_HANDLER": "app.handler",
-                        "KUBELAMBDA_RUNTIME": "python3.11",
-                        "KUBELAMBDA_RUNTIME_DIR": str(REPO / "runtime-images" / "python"),
-                        "KUBELAMBDA_TASK_ROOT": str(task),
-                        "KUBELAMBDA_INVOKE_PORT": str(agent_port),
-                        "KUBELAMBDA_RUNTIME_API_PORT": str(free_port_range(LOAD_CONCURRENCY)),
-                        "KUBELAMBDA_CONCURRENCY": str(LOAD_CONCURRENCY),
-                        "KUBELAMBDA_TIMEOUT_SECONDS": "30",
-                    },
-                )
-            )
-            procs.append(
-                start(["-m", "bench.gateway_overhead_local", "--role", "stub", str(stub_port)])
-            )
-            gateway = start(
-                [
-                    "-m",
-                    "bench.gateway_overhead_local",
-                    "--role",
-                    "gateway",
-                    str(gateway_port),
-                    str(agent_port),
-                    str(stub_port),
-                ]
-            )
+            procs.append(start_agent(python, Path(tmp), agent_port))
+            role = ["-m", "bench.gateway_overhead_local", "--role"]
+            procs.append(start(python, [*role, "stub", str(stub_port)]))
+            ports = (gateway_port, agent_port, stub_port)
+            gateway = start(python, [*role, "gateway", *map(str, ports)])
             procs.append(gateway)
             for port in (agent_port, stub_port, gateway_port):
                 wait_port(port)
@@ -349,6 +361,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument(
+        "--python",
+        default=IMAGE_PYTHON,
+        help="interpreter of the servers (default: Debian's, as in the images)",
+    )
     parser.add_argument("--role", choices=("stub", "gateway", "load"), help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,7 +377,7 @@ def main() -> None:
         port, function, concurrency, requests = args.role_args
         run_load(int(port), function, int(concurrency), int(requests))
     else:
-        results = benchmark(args.requests, args.warmup)
+        results = benchmark(args.requests, args.warmup, args.python)
         RESULTS.mkdir(exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = RESULTS / f"gateway_overhead_local-{stamp}.json"
