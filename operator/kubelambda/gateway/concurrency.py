@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from kubelambda.gateway.routing import Address, FunctionKey, VersionKey
@@ -148,7 +149,7 @@ class Dispatcher:
             self._peaks[key] = demand
 
     def _pick(
-        self, pool: _Pool, key: VersionKey, per_instance: int, exclude: set[Address]
+        self, pool: _Pool, key: VersionKey, per_instance: int, exclude: AbstractSet[Address]
     ) -> Address | None:
         best, best_count = None, per_instance
         in_flight = pool.in_flight
@@ -165,7 +166,7 @@ class Dispatcher:
         return best
 
     def try_acquire(
-        self, key: VersionKey, per_instance: int, exclude: set[Address]
+        self, key: VersionKey, per_instance: int, exclude: AbstractSet[Address]
     ) -> Address | None:
         """A free slot now, unless there is none or others are already waiting."""
         pool = self._pools.get(key)

@@ -1,9 +1,11 @@
 """The gateway's HTTP/1.1 server: an asyncio Protocol around ``httptools``, no framework.
 
 Each connection parses requests as they arrive and answers them strictly in order (pipelining
-safe): a handler returns a ``Response`` at once (health checks, most errors: no task at all)
-or a coroutine, which runs as one task while later pipelined requests wait in a short queue
-(reading pauses when it is full). Keep-alive, Content-Length and chunked request bodies,
+safe): a handler returns a ``Response`` at once (health checks, most errors: no task at all),
+a ``Deferred`` that a callback resolves later (an invocation sent on an idle upstream
+connection: no task either), or a coroutine, which runs as one task. Meanwhile later
+pipelined requests wait in a short queue (reading pauses when it is full). Keep-alive,
+Content-Length and chunked request bodies,
 ``Expect: 100-continue``; a client that half-closes still gets its answers, HEAD answers carry
 no body, and ``Upgrade``/CONNECT is answered as a plain request, then the connection closes
 (no other protocol is spoken here). A body above ``max_body`` is read and dropped and the
@@ -28,6 +30,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from http import HTTPStatus
 from typing import Any, NamedTuple, cast
 
@@ -65,7 +68,7 @@ _BAD_REQUEST = json_response(400, b'{"message":"Bad Request"}')
 _HEAD_TOO_LARGE = json_response(431, b'{"message":"Request Header Fields Too Large"}')
 _BODY_TOO_LARGE = json_response(413, b'{"message":"Request Entity Too Large"}')
 _REQUEST_TIMEOUT = json_response(408, b'{"message":"Request Timeout"}')
-_INTERNAL = json_response(500, b'{"message":"Internal Server Error"}')
+INTERNAL_ERROR = json_response(500, b'{"message":"Internal Server Error"}')
 
 
 def encode_response(response: Response, keep_alive: bool, send_body: bool = True) -> bytes:
@@ -125,7 +128,38 @@ class Request:
         return [] if value is None else [value]
 
 
-HandlerResult = Response | Coroutine[Any, Any, Response]
+class Deferred:
+    """An answer given later by ``resolve``, from a callback (no coroutine, so no task).
+    Resolved exactly once; before the server has taken it, too."""
+
+    __slots__ = ("_on_answer", "_response")
+
+    def __init__(self) -> None:
+        self._on_answer: Callable[[Response], None] | None = None
+        self._response: Response | None = None
+
+    def resolve(self, response: Response) -> None:
+        on_answer, self._on_answer = self._on_answer, None
+        if on_answer is None:
+            self._response = response
+        else:
+            on_answer(response)
+
+    def then(self, on_answer: Callable[[Response], None]) -> None:
+        """For the server: where the answer goes (at once, if it is already there)."""
+        if self._response is None:
+            self._on_answer = on_answer
+        else:
+            on_answer(self._response)
+
+    async def wait(self) -> Response:
+        """For a coroutine that has to wait for the answer itself."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.then(future.set_result)
+        return await future
+
+
+HandlerResult = Response | Deferred | Coroutine[Any, Any, Response]
 Handler = Callable[[Request], HandlerResult]
 
 
@@ -159,6 +193,7 @@ class ServerState:
         self.idle_timeout = idle_timeout
         self.connections: set[ServerConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.deferred = 0  # Deferred answers still awaited
         self.draining = False
         self._sweep_interval = min(SWEEP_INTERVAL_S, read_timeout / 4, idle_timeout / 4)
         self._sweeping: asyncio.TimerHandle | None = None
@@ -166,7 +201,7 @@ class ServerState:
     @property
     def busy(self) -> int:
         """Requests being handled right now (for graceful drain)."""
-        return len(self.tasks)
+        return len(self.tasks) + self.deferred
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -356,11 +391,15 @@ class ServerConnection(asyncio.Protocol):
                 result = self._state.handler(item)
             except Exception:
                 log.exception("handler failed")
-                result = _INTERNAL
+                result = INTERNAL_ERROR
             if isinstance(result, Response):
                 self._write(item, result)
                 continue
             self._handling = True
+            if isinstance(result, Deferred):
+                self._state.deferred += 1
+                result.then(partial(self._answer_soon, item))
+                continue  # or stop: _answered may have run (and processed the rest) already
             task = asyncio.get_running_loop().create_task(self._finish(item, result))
             self._state.tasks.add(task)
             task.add_done_callback(self._state.tasks.discard)
@@ -383,12 +422,23 @@ class ServerConnection(asyncio.Protocol):
         ):
             self._await_client(self._state.idle_timeout)  # all answered: wait for the next one
 
+    def _answer_soon(self, request: Request, response: Response) -> None:
+        # Written on the loop's next pass, with the other answers that came in this one (as a
+        # task's would be): the clients are woken in batches, not once per answer.
+        self._state.loop.call_soon(self._answered, request, response)
+
+    def _answered(self, request: Request, response: Response) -> None:
+        self._state.deferred -= 1
+        self._handling = False
+        self._write(request, response)
+        self._process()
+
     async def _finish(self, request: Request, pending: Coroutine[Any, Any, Response]) -> None:
         try:
             response = await pending
         except Exception:
             log.exception("handler failed")
-            response = _INTERNAL
+            response = INTERNAL_ERROR
         self._handling = False
         self._write(request, response)
         self._process()

@@ -2,8 +2,10 @@
 
 Synchronous invocations take a slot (``concurrency``) and forward to the pod's agent with the
 request id, invoked ARN and deadline; the agent's status, body and ``X-Amz-*`` headers are
-relayed as they are. Everything answered here (not by a function) is a Lambda service error:
-``x-amzn-ErrorType`` plus ``{"Type": ..., "message": ...}``.
+relayed as they are. The common case (a slot at once, a pod with a free slot and an idle
+connection to it) runs on callbacks alone; anything else (waiting for a pod, connecting, a
+busy or draining agent) on a coroutine. Everything answered here (not by a function) is a
+Lambda service error: ``x-amzn-ErrorType`` plus ``{"Type": ..., "message": ...}``.
 """
 
 from __future__ import annotations
@@ -15,18 +17,29 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from kubelambda.gateway.auth import AcceptAll, Authenticator
 from kubelambda.gateway.concurrency import ConcurrencyCounter, Dispatcher, QueueFull, Slot
 from kubelambda.gateway.config import GatewayConfig
-from kubelambda.gateway.httpserver import Handler, HandlerResult, Request, Response, json_response
+from kubelambda.gateway.httpserver import (
+    INTERNAL_ERROR,
+    Deferred,
+    Handler,
+    HandlerResult,
+    Request,
+    Response,
+    json_response,
+)
 from kubelambda.gateway.metrics import FUNCTION_ERROR, OK, SERVICE_ERROR, GatewayMetrics
 from kubelambda.gateway.publisher import AsyncInvocation, AsyncPublisher, PublishRejected
 from kubelambda.gateway.routing import MAX_TIMEOUT_S, Address, RouteError, RoutingTable, Target
 from kubelambda.gateway.upstream import (
     NotDelivered,
+    Reply,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -110,6 +123,22 @@ def _valid_json(body: bytes) -> bool:
     return True
 
 
+_NONE_EXCLUDED: frozenset[Address] = frozenset()
+
+
+@dataclass(slots=True)
+class _Call:
+    """A synchronous invocation on the fast path, while its pod works on it."""
+
+    target: Target
+    slot: Slot
+    payload: bytes
+    passed: bytes
+    request_id: str
+    started: float
+    address: Address
+
+
 class InvokeApi:
     def __init__(
         self,
@@ -133,6 +162,7 @@ class InvokeApi:
         self._waker = waker or NoopWaker()
         self._publisher = publisher
         self._authenticator = authenticator or AcceptAll()
+        self._resumed: set[asyncio.Task[None]] = set()  # calls moved off the fast path
         self._loop = asyncio.get_running_loop()
         self.synced = False
         self.draining = False
@@ -192,7 +222,9 @@ class InvokeApi:
         if denied is not None:
             return denied
         result = self._authenticated(request, namespace, name, query)
-        return result if isinstance(result, Response) else await result
+        if isinstance(result, Response):
+            return result
+        return await (result.wait() if isinstance(result, Deferred) else result)
 
     def _authenticated(
         self, request: Request, namespace: str, name: str, query: bytes
@@ -237,6 +269,10 @@ class InvokeApi:
         passed = b"".join(
             b"%s: %s\r\n" % (name, headers[name]) for name in PASSED_HEADERS if name in headers
         )
+        if isinstance(admitted, int):
+            sent = self._send_now(target, admitted, request.body, passed, request_id)
+            if sent is not None:
+                return sent
         return self._call(target, admitted, request.body, passed, request_id)
 
     async def invoke(
@@ -307,25 +343,115 @@ class InvokeApi:
         response, _ = await self._run(target, payload, passed, request_id, slot)
         return response
 
-    async def _run(
-        self, target: Target, payload: bytes, passed: bytes, request_id: str, slot: Slot
-    ) -> tuple[Response, str]:
-        """Runs an admitted invocation and releases its ``slot``."""
+    def _send_now(
+        self, target: Target, slot: Slot, payload: bytes, passed: bytes, request_id: str
+    ) -> Deferred | None:
+        """The fast path: a pod with a free slot and an idle connection to it, now. None,
+        having taken nothing, when there is not."""
+        key = target.key
+        address = self._dispatcher.try_acquire(key, target.config.per_instance, _NONE_EXCLUDED)
+        if address is None:
+            return None
+        answer = Deferred()
         started = self._loop.time()
+        head, limit = self._request_head(address, payload, passed, target, request_id)
+        call = _Call(target, slot, payload, passed, request_id, started, address)
+        if not self._pool.try_send(
+            address, head, payload, limit, partial(self._replied, call, answer)
+        ):
+            self._dispatcher.release(key, address)
+            return None
+        return answer
+
+    def _replied(self, call: _Call, answer: Deferred, reply: Reply) -> None:
+        """The fast path's answer from the pod, as ``_dispatch`` would take it; a busy (429) or
+        draining (503) agent, or a connection lost before the request went out, hands the call
+        to ``_dispatch`` itself."""
+        target = call.target
+        self._dispatcher.release(target.key, call.address)
         outcome = SERVICE_ERROR
         try:
-            response, outcome = await self._dispatch(target, payload, passed, request_id, started)
+            if isinstance(reply, UpstreamTimeout):
+                response = self._reject(
+                    502, "ServiceException", "The function's pod did not answer in time."
+                )
+            elif isinstance(reply, UpstreamError):
+                log.warning("%s/%s: %s", target.namespace, target.function, reply)
+                response = self._reject(
+                    502, "ServiceException", "The function's pod failed to answer."
+                )
+            elif isinstance(reply, NotDelivered) or reply.status in (429, 503):
+                exclude = (
+                    {call.address}
+                    if isinstance(reply, UpstreamResponse) and reply.status == 503
+                    else set()
+                )
+                task = self._loop.create_task(self._resume(call, answer, exclude))
+                self._resumed.add(task)
+                task.add_done_callback(self._resumed.discard)
+                return
+            else:
+                response, outcome = self._relay(reply, call.request_id)
+        except Exception:
+            log.exception("relaying an invocation's answer failed")
+            response = INTERNAL_ERROR
+        self._counter.release(target.function_key, call.slot)
+        self._metrics.invoked(target.key, outcome, self._loop.time() - call.started)
+        answer.resolve(response)
+
+    async def _resume(self, call: _Call, answer: Deferred, exclude: set[Address]) -> None:
+        try:
+            response, _ = await self._run(
+                call.target,
+                call.payload,
+                call.passed,
+                call.request_id,
+                call.slot,
+                exclude=exclude,
+                started=call.started,
+            )
+        except Exception:
+            log.exception("invocation failed")
+            response = INTERNAL_ERROR
+        answer.resolve(response)
+
+    async def _run(
+        self,
+        target: Target,
+        payload: bytes,
+        passed: bytes,
+        request_id: str,
+        slot: Slot,
+        *,
+        exclude: set[Address] | None = None,
+        started: float | None = None,
+    ) -> tuple[Response, str]:
+        """Runs an admitted invocation and releases its ``slot``."""
+        if started is None:
+            started = self._loop.time()
+        outcome = SERVICE_ERROR
+        try:
+            response, outcome = await self._dispatch(
+                target, payload, passed, request_id, started, exclude=exclude or set()
+            )
             return response, outcome
         finally:
             self._counter.release(target.function_key, slot)
             self._metrics.invoked(target.key, outcome, self._loop.time() - started)
 
     async def _dispatch(
-        self, target: Target, payload: bytes, passed: bytes, request_id: str, started: float
+        self,
+        target: Target,
+        payload: bytes,
+        passed: bytes,
+        request_id: str,
+        started: float,
+        *,
+        exclude: set[Address],
     ) -> tuple[Response, str]:
+        """``exclude``: pods that refused this request (it was not delivered there)."""
         key = target.key
         per_instance = target.config.per_instance
-        exclude: set[Address] = set()  # pods that refused this request: not delivered there
         while True:
             address = self._dispatcher.try_acquire(key, per_instance, exclude)
             if address is None:
@@ -411,6 +537,14 @@ class InvokeApi:
     async def _send(
         self, address: Address, payload: bytes, passed: bytes, target: Target, request_id: str
     ) -> UpstreamResponse:
+        head, limit = self._request_head(address, payload, passed, target, request_id)
+        return await self._pool.request(address, head, payload, limit)
+
+    def _request_head(
+        self, address: Address, payload: bytes, passed: bytes, target: Target, request_id: str
+    ) -> tuple[bytes, float]:
+        """The agent's request head (ending with the blank line), and how long to wait for
+        its answer."""
         timeout = target.timeout_s
         head = (
             b"POST /2015-03-31/functions/%s/invocations HTTP/1.1\r\n"
@@ -433,7 +567,7 @@ class InvokeApi:
             head += b"X-Kubelambda-Deadline-Ms: %d\r\n" % int((time.time() + timeout) * 1000)
         limit: float = timeout if timeout is not None else MAX_TIMEOUT_S
         limit += self._config.timeout_grace_s
-        return await self._pool.request(address, head + passed + b"\r\n", payload, limit)
+        return head + passed + b"\r\n", limit
 
     def _relay(self, reply: UpstreamResponse, request_id: str) -> tuple[Response, str]:
         outcome = OK

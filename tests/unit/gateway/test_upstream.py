@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from kubelambda.gateway.upstream import UpstreamPool, UpstreamTimeout
+from kubelambda.gateway.upstream import (
+    NotDelivered,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
@@ -69,3 +75,38 @@ def test_a_dead_kept_alive_connection_drops_its_idle_siblings() -> None:
     # The request after the timeout opened a fresh connection instead of trying the two
     # idle ones left.
     assert connections == 4
+
+
+async def try_send_scenario() -> tuple[bool, list[object], list[object], int]:
+    """try_send: nothing without an idle connection; on one, the answer through the callback;
+    a connection lost before the request went out: NotDelivered, and its siblings dropped."""
+    peer = Peer()
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    address = ("127.0.0.1", server.sockets[0].getsockname()[1])
+    pool = UpstreamPool()
+    sent_without_idle = pool.try_send(address, HEAD, b"", 5, lambda reply: None)
+    await asyncio.gather(*(pool.request(address, HEAD, b"", 5) for _ in range(2)))
+    answered: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    assert pool.try_send(address, HEAD, b"", 5, answered.set_result)
+    first = [await answered]
+    lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    assert pool.try_send(address, HEAD, b"", 5, lost.set_result)
+    await peer.close()  # before the loop's next pass sends the request
+    second = [await lost]
+    connections_before = peer.connections
+    reply = await pool.request(address, HEAD, b"", 5)  # a fresh connection, not an idle one
+    pool.close()
+    await peer.close()
+    server.close()
+    await server.wait_closed()
+    return sent_without_idle, first, [*second, reply.status], peer.connections - connections_before
+
+
+def test_try_send_answers_through_the_callback() -> None:
+    sent_without_idle, first, second, fresh = asyncio.run(try_send_scenario())
+    assert not sent_without_idle
+    assert isinstance(first[0], UpstreamResponse)
+    assert first[0].status == 200
+    assert isinstance(second[0], NotDelivered | UpstreamError), second
+    assert second[1] == 200
+    assert fresh == 1
