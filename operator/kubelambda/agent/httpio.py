@@ -113,7 +113,7 @@ def parse_head(head: bytes) -> Request:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()  # strip() takes the CR too
-        elif line.strip():
+        elif line and line != "\r":  # not the blank line that ends the head
             raise HttpError(400, "malformed header line")
     connection = headers.get("connection")
     if version == "HTTP/1.1":
@@ -132,8 +132,11 @@ Handler = Callable[[Request, "Connection"], None]
 class Connection(asyncio.BufferedProtocol):
     """One server connection; also the responder handed to the handler."""
 
-    def __init__(self, handler: Handler, max_body: int, registry: set[Connection]) -> None:
+    def __init__(
+        self, handler: Handler, max_body: int, registry: set[Connection], cork: bool = False
+    ) -> None:
         self._handler = handler
+        self._cork = cork
         self._max_body = max_body
         self._registry = registry
         self._transport: asyncio.Transport | None = None
@@ -150,7 +153,7 @@ class Connection(asyncio.BufferedProtocol):
         self._failed = False  # answered with an error: drop whatever else arrives
         # Answers held back while a pipelined request is being handled: they go out with
         # that request's answer, in one write (see ``respond``).
-        self._corked = b""
+        self._corked: list[bytes] = []
 
     # --- asyncio.BufferedProtocol ----------------------------------------------------------
 
@@ -178,6 +181,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self._uncork()  # nothing more will come to go out with
         if self._failed and self._transport is not None:
             self._transport.close()
         elif self._answering is None and not self._processing:
@@ -205,7 +209,8 @@ class Connection(asyncio.BufferedProtocol):
     def respond(self, response: Response) -> None:
         """Answer the request being handled; then go on with any pipelined one.
 
-        With more input already buffered, a success is corked: it goes out with the next
+        On a corking connection (the Runtime API's), with more input already buffered, a
+        success is corked: it goes out with the next
         answer, in one write, or as soon as no complete request is left to handle. A
         runtime that pipelines ``GET /next`` behind its result then gets the 202 together
         with its next event, and is not woken in between only to wait again. An error goes
@@ -216,14 +221,16 @@ class Connection(asyncio.BufferedProtocol):
         if request is None or transport is None:
             return
         data = encode_response(response, request.keep_alive)
-        if self._corked:
-            data, self._corked = self._corked + data, b""
         if not request.keep_alive:
+            self._uncork()
             transport.write(data)
             transport.close()
             return
-        if self._buffer and response.status < 300:
-            self._corked = data
+        if self._cork and self._buffer and response.status < 300:
+            self._corked.append(data)
+        elif self._corked:
+            self._corked.append(data)
+            self._uncork()
         else:
             transport.write(data)
         if self._paused:
@@ -241,8 +248,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _uncork(self) -> None:
         if self._corked and self._transport is not None:
-            self._transport.write(self._corked)
-        self._corked = b""
+            self._transport.write(b"".join(self._corked))
+        self._corked = []
 
     # --- parsing ---------------------------------------------------------------------------
 
@@ -435,10 +442,15 @@ class HttpServer:
         return all(c.flushed for c in self._connections)
 
 
-async def serve(handler: Handler, host: str, port: int, max_body: int) -> HttpServer:
+async def serve(
+    handler: Handler, host: str, port: int, max_body: int, *, cork: bool = False
+) -> HttpServer:
+    """``cork``: hold a success while a pipelined request is handled (``Connection.respond``):
+    for the Runtime API, whose clients pipeline only ``GET /next``; a pipelining caller of the
+    invoke endpoint must not wait for a later invocation to get an earlier answer."""
     loop = asyncio.get_running_loop()
     connections: set[Connection] = set()
     server = await loop.create_server(
-        lambda: Connection(handler, max_body, connections), host, port
+        lambda: Connection(handler, max_body, connections, cork), host, port
     )
     return HttpServer(server, connections)

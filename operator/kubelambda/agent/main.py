@@ -77,7 +77,9 @@ async def serve(config: AgentConfig) -> None:
     slot_type = ExternalSlot if config.external else RuntimeSlot
     slots = [slot_type(i, config, reaper) for i in range(config.concurrency)]
     api_servers = [
-        await serve_http(RuntimeApi(slot).handle, "127.0.0.1", slot.port, MAX_RESPONSE_BYTES)
+        await serve_http(
+            RuntimeApi(slot).handle, "127.0.0.1", slot.port, MAX_RESPONSE_BYTES, cork=True
+        )
         for slot in slots
     ]
     endpoint = InvokeEndpoint(config, slots)
@@ -96,19 +98,21 @@ async def serve(config: AgentConfig) -> None:
         flush=True,
     )
 
-    await stop.wait()
-    # Graceful shutdown: refuse new work, let in-flight invocations finish (each is bounded
-    # by its timeout), then stop the runtimes.
-    server.close()
-    endpoint.draining = True
-    await _wait_until(lambda: endpoint.active == 0, float("inf"))
-    await _wait_until(lambda: server.flushed, FLUSH_LIMIT_S)
-    ticker.cancel()
-    if announcing is not None:
-        announcing.cancel()
-    await _stop_runtimes(slots)
-    for slot in slots:
-        slot.flush_log()  # the last END/REPORT lines
+    try:
+        await stop.wait()
+        # Graceful shutdown: refuse new work, let in-flight invocations finish (each is
+        # bounded by its timeout), then stop the runtimes.
+        server.close()
+        endpoint.draining = True
+        await _wait_until(lambda: endpoint.active == 0, float("inf"))
+        await _wait_until(lambda: server.flushed, FLUSH_LIMIT_S)
+        ticker.cancel()
+        if announcing is not None:
+            announcing.cancel()
+        await _stop_runtimes(slots)
+    finally:
+        for slot in slots:
+            slot.flush_log()  # the last END/REPORT lines, held for a few milliseconds
     for api_server in api_servers:
         api_server.close()
 

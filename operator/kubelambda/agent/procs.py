@@ -89,6 +89,8 @@ class MemoryProbe:
         self._statm = _open(f"/proc/{pid}/statm", os.O_RDONLY)
         self._children = _open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
         self._clear_refs = _open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
+        # Every file opened: peak_kb reads them straight (it runs after every invocation).
+        self._all_open = min(self._status, self._children, self._clear_refs) >= 0
 
     def _descendants(self) -> list[int]:
         found = [int(c) for c in _pread(self._children).split()]
@@ -102,11 +104,13 @@ class MemoryProbe:
         """The tree's peak RSS; with ``reset``, restart accounting for the next invocation.
         Read after every invocation: the common case (one process) is written out inline."""
         try:
+            if not self._all_open:
+                raise OSError
             total = _status_kb(os.pread(self._status, 4096, 0), b"VmHWM:")
             children = os.pread(self._children, 4096, 0)
             if reset:
                 os.write(self._clear_refs, b"5")
-        except OSError:  # the process is gone, or a file missing (fd -1): the slow way
+        except OSError:  # the process is gone, or a file could not be opened: one by one
             total = _status_kb(_pread(self._status), b"VmHWM:")
             children = _pread(self._children)
             if reset:

@@ -155,8 +155,13 @@ class Deferred:
     async def wait(self) -> Response:
         """For a coroutine that has to wait for the answer itself."""
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.then(future.set_result)
+        self.then(partial(_settle, future))
         return await future
+
+
+def _settle(future: asyncio.Future[Response], response: Response) -> None:
+    if not future.done():  # the waiting coroutine may have been cancelled
+        future.set_result(response)
 
 
 HandlerResult = Response | Deferred | Coroutine[Any, Any, Response]
@@ -399,7 +404,7 @@ class ServerConnection(asyncio.Protocol):
             if isinstance(result, Deferred):
                 self._state.deferred += 1
                 result.then(partial(self._answer_soon, item))
-                continue  # or stop: _answered may have run (and processed the rest) already
+                continue  # stops the loop: the answer comes on a later pass
             task = asyncio.get_running_loop().create_task(self._finish(item, result))
             self._state.tasks.add(task)
             task.add_done_callback(self._state.tasks.discard)

@@ -366,11 +366,15 @@ class InvokeApi:
     def _replied(self, call: _Call, answer: Deferred, reply: Reply) -> None:
         """The fast path's answer from the pod, as ``_dispatch`` would take it; a busy (429) or
         draining (503) agent, or a connection lost before the request went out, hands the call
-        to ``_dispatch`` itself."""
+        to ``_dispatch`` itself. Runs inside the upstream parser's callback, which would
+        swallow an exception: the caller is answered whatever happens."""
         target = call.target
-        self._dispatcher.release(target.key, call.address)
-        outcome = SERVICE_ERROR
+        response, outcome = INTERNAL_ERROR, SERVICE_ERROR
         try:
+            if isinstance(reply, UpstreamResponse) and reply.status == 429:
+                self._resume(call, answer, busy=(call.address, reply))  # its slot stays held
+                return
+            self._dispatcher.release(target.key, call.address)
             if isinstance(reply, UpstreamTimeout):
                 response = self._reject(
                     502, "ServiceException", "The function's pod did not answer in time."
@@ -380,26 +384,44 @@ class InvokeApi:
                 response = self._reject(
                     502, "ServiceException", "The function's pod failed to answer."
                 )
-            elif isinstance(reply, NotDelivered) or reply.status in (429, 503):
-                exclude = (
-                    {call.address}
-                    if isinstance(reply, UpstreamResponse) and reply.status == 503
-                    else set()
-                )
-                task = self._loop.create_task(self._resume(call, answer, exclude))
-                self._resumed.add(task)
-                task.add_done_callback(self._resumed.discard)
+            elif isinstance(reply, NotDelivered):
+                log.info("%s/%s: %s; trying again", target.namespace, target.function, reply)
+                self._resume(call, answer)
+                return
+            elif reply.status == 503:  # shutting down, the request not taken: another pod
+                self._resume(call, answer, exclude={call.address})
                 return
             else:
                 response, outcome = self._relay(reply, call.request_id)
         except Exception:
             log.exception("relaying an invocation's answer failed")
-            response = INTERNAL_ERROR
-        self._counter.release(target.function_key, call.slot)
-        self._metrics.invoked(target.key, outcome, self._loop.time() - call.started)
+        try:
+            self._counter.release(target.function_key, call.slot)
+            self._metrics.invoked(target.key, outcome, self._loop.time() - call.started)
+        except Exception:
+            log.exception("releasing an invocation failed")
         answer.resolve(response)
 
-    async def _resume(self, call: _Call, answer: Deferred, exclude: set[Address]) -> None:
+    def _resume(
+        self,
+        call: _Call,
+        answer: Deferred,
+        *,
+        exclude: set[Address] | None = None,
+        busy: tuple[Address, UpstreamResponse] | None = None,
+    ) -> None:
+        task = self._loop.create_task(self._resumed_call(call, answer, exclude, busy))
+        self._resumed.add(task)
+        task.add_done_callback(self._resumed.discard)
+
+    async def _resumed_call(
+        self,
+        call: _Call,
+        answer: Deferred,
+        exclude: set[Address] | None,
+        busy: tuple[Address, UpstreamResponse] | None,
+    ) -> None:
+        response = INTERNAL_ERROR
         try:
             response, _ = await self._run(
                 call.target,
@@ -409,11 +431,12 @@ class InvokeApi:
                 call.slot,
                 exclude=exclude,
                 started=call.started,
+                busy=busy,
             )
         except Exception:
             log.exception("invocation failed")
-            response = INTERNAL_ERROR
-        answer.resolve(response)
+        finally:  # cancelled too (shutdown): the caller gets its 500 rather than nothing
+            answer.resolve(response)
 
     async def _run(
         self,
@@ -425,14 +448,16 @@ class InvokeApi:
         *,
         exclude: set[Address] | None = None,
         started: float | None = None,
+        busy: tuple[Address, UpstreamResponse] | None = None,
     ) -> tuple[Response, str]:
-        """Runs an admitted invocation and releases its ``slot``."""
+        """Runs an admitted invocation and releases its ``slot`` (``busy``: see
+        ``_dispatch``)."""
         if started is None:
             started = self._loop.time()
         outcome = SERVICE_ERROR
         try:
             response, outcome = await self._dispatch(
-                target, payload, passed, request_id, started, exclude=exclude or set()
+                target, payload, passed, request_id, started, exclude=exclude or set(), busy=busy
             )
             return response, outcome
         finally:
@@ -448,19 +473,27 @@ class InvokeApi:
         started: float,
         *,
         exclude: set[Address],
+        busy: tuple[Address, UpstreamResponse] | None = None,
     ) -> tuple[Response, str]:
-        """``exclude``: pods that refused this request (it was not delivered there)."""
+        """``exclude``: pods that refused this request (it was not delivered there); ``busy``:
+        a pod whose slot this call holds, and its agent's 429 (from the fast path)."""
         key = target.key
         per_instance = target.config.per_instance
         while True:
-            address = self._dispatcher.try_acquire(key, per_instance, exclude)
-            if address is None:
-                waited = await self._wait_for_pod(target, exclude, started, request_id)
-                if isinstance(waited, Response):
-                    return waited, SERVICE_ERROR
-                address = waited
+            reply: UpstreamResponse | None = None
+            if busy is not None:
+                (address, reply), busy = busy, None
+            else:
+                acquired = self._dispatcher.try_acquire(key, per_instance, exclude)
+                if acquired is None:
+                    waited = await self._wait_for_pod(target, exclude, started, request_id)
+                    if isinstance(waited, Response):
+                        return waited, SERVICE_ERROR
+                    acquired = waited
+                address = acquired
             try:
-                reply = await self._send(address, payload, passed, target, request_id)
+                if reply is None:
+                    reply = await self._send(address, payload, passed, target, request_id)
                 busy_backoff = _BUSY_BACKOFF_S[0]
                 # As long as a call waits for a new instance: the autoscaler is adding one.
                 busy_limit = max(

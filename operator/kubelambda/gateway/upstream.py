@@ -17,12 +17,15 @@ the answer is handed on straight from the parser, without a future or a task).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, cast
 
 import httptools
+
+log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
@@ -78,6 +81,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # Our own callback failed (httptools wraps it): not the peer's fault.
+            log.error("handling a response failed", exc_info=exc.__context__)
+            self.fail(UpstreamError(f"handling the response failed: {exc.__context__!r}"))
+            self.close()
         except httptools.HttpParserError as exc:
             self.fail(UpstreamError(f"malformed response: {exc}"))
             self.close()
@@ -116,6 +124,11 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def open(self) -> bool:
+        """Usable for a request: connected, and not closing (the peer's FIN seen)."""
+        return self.transport is not None and not self.transport.is_closing()
 
 
 class UpstreamPool:
@@ -170,6 +183,9 @@ class UpstreamPool:
         if not idle:
             return False
         conn = idle.pop()
+        if not conn.open:
+            conn.close()
+            return False
         timer = self._loop.call_later(timeout, self._expire, conn, timeout)
         # Sent on the loop's next pass, with the other requests that arrived in this one:
         # written one by one as they are parsed, the pods are woken once per request and the
@@ -181,7 +197,7 @@ class UpstreamPool:
 
     @staticmethod
     def _send_on(conn: _Connection, head: bytes, body: bytes, on_reply: OnReply) -> None:
-        if conn.transport is None:  # lost while the request waited for the loop
+        if not conn.open:  # lost (or closing) while the request waited for the loop
             on_reply(NotDelivered(f"connection to {conn.address[0]}:{conn.address[1]} lost"))
         else:
             conn.send(head, body, on_reply)
@@ -198,7 +214,7 @@ class UpstreamPool:
 
     def _keep(self, conn: _Connection) -> None:
         """After a complete response: back to the idle ones if it may be reused."""
-        if conn.reusable and conn.transport is not None:
+        if conn.reusable and conn.open:
             idle = self._idle.setdefault(conn.address, [])
             if len(idle) < MAX_IDLE_PER_ADDRESS:
                 idle.append(conn)

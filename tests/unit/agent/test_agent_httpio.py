@@ -168,9 +168,10 @@ def _hold_or_drop(request: Request, conn: Connection) -> None:
         _echo(request, conn)
 
 
-async def _scripted(steps: list[bytes]) -> list[bytes]:
-    """Sends each step, then collects what arrives within 0.15 s; the last step reads to EOF."""
-    server = await serve(_hold_or_drop, "127.0.0.1", 0, 100)
+async def _scripted(steps: list[bytes], cork: bool = True) -> list[bytes]:
+    """Sends each step, then collects what arrives within 0.15 s; the last step reads to EOF.
+    The server corks, as the Runtime API's does, unless ``cork`` is False."""
+    server = await serve(_hold_or_drop, "127.0.0.1", 0, 100, cork=cork)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     received = []
     for step in steps[:-1]:
@@ -218,3 +219,27 @@ def test_an_error_answer_is_not_held_back():
     first, rest = eventloop.run(_scripted([too_large + b"GET /held HTTP/1.1\r\n\r\n", b""]))
     assert first.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
     assert b"X-Target: /held" in rest
+
+
+def test_only_a_corking_server_holds_an_answer_back():
+    # The invoke endpoint does not cork: a caller pipelining two invocations gets the first
+    # answer when it is ready, not when the second one completes.
+    first, _ = eventloop.run(
+        _scripted([b"GET /now HTTP/1.1\r\n\r\nGET /held HTTP/1.1\r\n\r\n", b""], cork=False)
+    )
+    assert b"X-Target: /now" in first
+
+
+def test_a_half_close_lets_a_corked_answer_out():
+    async def scenario() -> bytes:
+        server = await serve(_hold_or_drop, "127.0.0.1", 0, 100, cork=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /now HTTP/1.1\r\n\r\nGET /held HTTP/1.1\r\n\r\n")
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(65536), 0.2)  # before /held is answered
+        got += await asyncio.wait_for(reader.read(), 5)  # /held's answer, then the close
+        writer.close()
+        server.close()
+        return got.split(b"X-Target: /held")[0]
+
+    assert b"X-Target: /now" in eventloop.run(scenario())
