@@ -126,6 +126,7 @@ def test_connection_close_is_honoured():
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET / HTTP/2.0\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nX: 1\r\n \r\n\r\n", b"400"),  # whitespace only: not a header
         (b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", b"400"),
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),

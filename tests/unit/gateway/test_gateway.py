@@ -16,6 +16,8 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubelambda.gateway.invoke import InvokeApi
+from kubelambda.gateway.metrics import GatewayMetrics
 from kubelambda.gateway.publisher import AsyncInvocation, PublishRejected
 from tests.unit.gateway.conftest import RunningGateway, lambda_client
 from tests.unit.gateway.objects import add_alias, add_function, add_slice
@@ -495,3 +497,22 @@ def test_drain_finishes_in_flight_invocations(start_gateway, agents):
         draining.result(timeout=10)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", gateway.gateway.port), timeout=2).close()
+
+
+def test_a_failure_while_relaying_still_answers_and_frees_the_slots(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path's answer is handled inside the upstream parser's callback, which would
+    swallow an exception: the caller still gets a 500 and every slot is given back."""
+    client = lambda_client(gw.url)
+    client.invoke(FunctionName="fn", Payload=b"{}")  # an idle pooled connection to the agent
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("relay bug")
+
+    monkeypatch.setattr(InvokeApi, "_relay", broken)
+    monkeypatch.setattr(GatewayMetrics, "invoked", broken)
+    status, _, body = http(gw, "/2015-03-31/functions/fn/invocations", "POST")
+    assert (status, body) == (500, b'{"message":"Internal Server Error"}')
+    assert gw.call(gw.gateway.dispatcher.in_flight) == {}
+    assert gw.call(lambda: gw.gateway.counter.total) == 0  # type: ignore[attr-defined]
