@@ -64,6 +64,8 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, BinaryIO, cast
 
+from tests.unit.ports import free_port_range
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 OPERATOR_DIR = REPO_ROOT / "operator"
@@ -116,26 +118,6 @@ def summary_us(samples_ns: Sequence[int]) -> dict[str, float | int]:
         "max": round(max(us), 1),
         "mean": round(statistics.fmean(us), 1),
     }
-
-
-def free_port_range(count: int) -> int:
-    """A base port with `count` consecutive free ports on 127.0.0.1."""
-
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base: int = s.getsockname()[1]
-        if base + count < 65000 and all(free(base + i) for i in range(count)):
-            return base
-    raise BenchError("no free port range")
 
 
 def proc_status_kb(pid: int) -> dict[str, int]:

@@ -46,6 +46,7 @@ import uvloop
 from tests.unit.gateway.objects import add_function, add_slice
 from tests.unit.ports import free_port, free_port_range
 
+from bench.agent_overhead import IMAGE_PYTHON, python_version
 from kubelambda.gateway.config import GatewayConfig
 from kubelambda.gateway.httpserver import Request, Response, serve
 from kubelambda.gateway.main import Gateway
@@ -57,8 +58,6 @@ assert 1000 < len(PAYLOAD) <= 1024
 NOOP = "def handler(event, context):\n    return {}\n"
 INVOKE = "/2015-03-31/functions/{}/invocations"
 LOAD_CONCURRENCY = 32
-# The interpreter of the platform and runtime images (Debian bookworm's, hack/base-images.sh).
-IMAGE_PYTHON = "/usr/bin/python3"
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -183,12 +182,6 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
 
 def start(python: str, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([python, *args], env=env() | extra_env, stdout=subprocess.DEVNULL)
-
-
-def python_version(python: str) -> str:
-    code = "import platform; print(platform.python_version())"
-    found = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
-    return f"{found.stdout.strip()} ({python})"
 
 
 def sequential(port: int, function: str, count: int) -> list[float]:
@@ -363,7 +356,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument(
         "--python",
-        default=IMAGE_PYTHON,
+        default=str(IMAGE_PYTHON),
         help="interpreter of the servers (default: Debian's, as in the images)",
     )
     parser.add_argument("--role", choices=("stub", "gateway", "load"), help=argparse.SUPPRESS)

@@ -210,11 +210,11 @@ class Connection(asyncio.BufferedProtocol):
         """Answer the request being handled; then go on with any pipelined one.
 
         On a corking connection (the Runtime API's), with more input already buffered, a
-        success is corked: it goes out with the next
-        answer, in one write, or as soon as no complete request is left to handle. A
-        runtime that pipelines ``GET /next`` behind its result then gets the 202 together
-        with its next event, and is not woken in between only to wait again. An error goes
-        out at once: the client may have something to say about it (a runtime logs a 413).
+        success is corked: it goes out with the next answer, in one write, or as soon as no
+        complete request is left to handle. A runtime that pipelines ``GET /next`` behind its
+        result then gets the 202 together with its next event, and is not woken in between
+        only to wait again. An error goes out at once: the client may have something to say
+        about it (a runtime logs a 413).
         """
         request, self._answering = self._answering, None
         transport = self._transport
@@ -258,9 +258,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             # Not past a closing transport: a request pipelined behind one answered with
             # Connection: close is dropped unanswered, never handled.
-            while self._answering is None and not (
-                self._transport is None or self._transport.is_closing()
-            ):
+            while self._answering is None and not self.closed:
                 request = self._next_request()
                 if request is None:
                     self._uncork()  # nothing more to answer for now

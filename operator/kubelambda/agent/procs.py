@@ -92,8 +92,11 @@ class MemoryProbe:
         # Every file opened: peak_kb reads them straight (it runs after every invocation).
         self._all_open = min(self._status, self._children, self._clear_refs) >= 0
 
-    def _descendants(self) -> list[int]:
-        found = [int(c) for c in _pread(self._children).split()]
+    def _descendants(self, children: bytes | None = None) -> list[int]:
+        """``children``: the root's children file, if just read."""
+        if children is None:
+            children = _pread(self._children)
+        found = [int(c) for c in children.split()]
         i = 0
         while i < len(found):
             found.extend(_children(found[i]))
@@ -103,21 +106,10 @@ class MemoryProbe:
     def peak_kb(self, reset: bool = False) -> int:
         """The tree's peak RSS; with ``reset``, restart accounting for the next invocation.
         Read after every invocation: the common case (one process) is written out inline."""
-        try:
-            if not self._all_open:
-                raise OSError
-            total = _status_kb(os.pread(self._status, 4096, 0), b"VmHWM:")
-            children = os.pread(self._children, 4096, 0)
-            if reset:
-                os.write(self._clear_refs, b"5")
-        except OSError:  # the process is gone, or a file could not be opened: one by one
-            total = _status_kb(_pread(self._status), b"VmHWM:")
-            children = _pread(self._children)
-            if reset:
-                _write_quietly(self._clear_refs, b"5")
+        total, children = self._root_peak_kb(reset)
         if not children:
             return total
-        descendants = self._descendants()
+        descendants = self._descendants(children)
         for pid in descendants:
             total += _status_kb(_read(f"/proc/{pid}/status"), b"VmHWM:")
         if reset:
@@ -126,6 +118,23 @@ class MemoryProbe:
                 _write_quietly(fd, b"5")
                 _close_quietly(fd)
         return total
+
+    def _root_peak_kb(self, reset: bool) -> tuple[int, bytes]:
+        """The root process's VmHWM and its children file; ``reset`` restarts its VmHWM."""
+        if self._all_open:
+            try:
+                total = _status_kb(os.pread(self._status, 4096, 0), b"VmHWM:")
+                children = os.pread(self._children, 4096, 0)
+                if reset:
+                    os.write(self._clear_refs, b"5")
+                return total, children
+            except OSError:  # the process is gone: the quiet reads below give 0 / nothing
+                pass
+        total = _status_kb(_pread(self._status), b"VmHWM:")
+        children = _pread(self._children)
+        if reset:
+            _write_quietly(self._clear_refs, b"5")
+        return total, children
 
     def rss_kb(self) -> int:
         """The tree's resident set now."""

@@ -50,8 +50,10 @@ _INVALID_ID = json_response(400, errors.INVALID_REQUEST_ID)
 _TOO_LARGE = json_response(413, errors.PAYLOAD_TOO_LARGE)
 _INVALID_STATE = json_response(403, errors.INVALID_STATE)
 _READ_SIZE = 65536
-# Agent log lines wait at most this long for a write they can join (see ``RuntimeSlot._log``).
+# Agent log lines wait at most this long, or until this many bytes, for a write they can
+# join (see ``RuntimeSlot._log``).
 LOG_HOLD_S = 0.005
+LOG_HOLD_BYTES = 4096
 
 
 class Invocation:
@@ -368,7 +370,7 @@ class RuntimeSlot:
         if inv.tail is not None:
             inv.tail += line
         self._held += line
-        if not hold or len(self._held) > logs.TAIL_BYTES:
+        if not hold or len(self._held) > LOG_HOLD_BYTES:
             self.flush_log()
         elif self._log_timer is None:
             self._log_timer = self._loop.call_later(LOG_HOLD_S, self.flush_log)

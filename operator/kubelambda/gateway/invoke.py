@@ -375,15 +375,8 @@ class InvokeApi:
                 self._resume(call, answer, busy=(call.address, reply))  # its slot stays held
                 return
             self._dispatcher.release(target.key, call.address)
-            if isinstance(reply, UpstreamTimeout):
-                response = self._reject(
-                    502, "ServiceException", "The function's pod did not answer in time."
-                )
-            elif isinstance(reply, UpstreamError):
-                log.warning("%s/%s: %s", target.namespace, target.function, reply)
-                response = self._reject(
-                    502, "ServiceException", "The function's pod failed to answer."
-                )
+            if isinstance(reply, UpstreamError):
+                response = self._failed_upstream(target, reply)
             elif isinstance(reply, NotDelivered):
                 log.info("%s/%s: %s; trying again", target.namespace, target.function, reply)
                 self._resume(call, answer)
@@ -517,21 +510,24 @@ class InvokeApi:
                 exclude.add(address)
                 self._table.unannounce(key, address)
                 continue
-            except UpstreamTimeout:
-                return self._reject(
-                    502, "ServiceException", "The function's pod did not answer in time."
-                ), SERVICE_ERROR
             except UpstreamError as exc:
-                log.warning("%s/%s: %s", target.namespace, target.function, exc)
-                return self._reject(
-                    502, "ServiceException", "The function's pod failed to answer."
-                ), SERVICE_ERROR
+                return self._failed_upstream(target, exc), SERVICE_ERROR
             finally:
                 self._dispatcher.release(key, address)
             if reply.status == 503:  # the agent is shutting down and did not take the request
                 exclude.add(address)
                 continue
             return self._relay(reply, request_id)
+
+    def _failed_upstream(self, target: Target, exc: UpstreamError) -> Response:
+        """The answer to a call whose pod failed after the request was sent (it may have
+        run): no answer in time, or the connection lost or answered with garbage."""
+        if isinstance(exc, UpstreamTimeout):
+            return self._reject(
+                502, "ServiceException", "The function's pod did not answer in time."
+            )
+        log.warning("%s/%s: %s", target.namespace, target.function, exc)
+        return self._reject(502, "ServiceException", "The function's pod failed to answer.")
 
     async def _wait_for_pod(
         self, target: Target, exclude: set[Address], started: float, request_id: str
