@@ -181,3 +181,22 @@ def lambda_client(
             max_pool_connections=connections,
         ),
     )
+
+
+def wait_until_routable(namespace: str, function: str, timeout: float = 60) -> None:
+    """Waits until every gateway replica routes ``function`` (a DryRun answers 204 on each).
+
+    A Function just applied reaches each gateway through its watch; a request sent before that
+    gets a 404, which is right for the gateway but a race for a test that sends at once.
+    """
+    clients = [lambda_client(namespace, gateway=url) for url in gateway_pod_urls()]
+
+    def routable() -> bool:
+        for client in clients:
+            try:
+                client.invoke(FunctionName=function, InvocationType="DryRun")
+            except client.exceptions.ResourceNotFoundException:
+                return False
+        return True
+
+    wait_until(routable, timeout, f"every gateway routes {namespace}/{function}")

@@ -32,6 +32,7 @@ from tests.e2e.kube import (
     lambda_client,
     names,
     wait_until,
+    wait_until_routable,
 )
 from tests.e2e.test_runtimes import await_function, function, is_ready
 
@@ -404,6 +405,7 @@ def test_events_of_a_function_that_cannot_start_expire_to_the_dlq(
         ),
         ns,
     )
+    wait_until_routable(ns, "unstartable")
     ids = send_events(lam, "unstartable", [{"n": i} for i in range(3)])
     dlq = Dlq()
 
