@@ -3,21 +3,25 @@
     .venv/bin/python -m bench.gateway_overhead_local [--requests 3000] [--warmup 300]
 
 Processes on 127.0.0.1: a real agent running a noop Python handler (``KUBELAMBDA_CONCURRENCY``
-32), a stub pod (a bare uvloop server answering every POST at once: the gateway's cost without
-a runtime behind it), and the gateway (``Gateway`` with a routing table fed directly, as in the
-unit tests) routing ``noop`` to the agent and ``stub`` to the stub. Every request carries the
-same 1 KiB JSON event over keep-alive connections.
+32), a stub pod (a bare uvloop server answering every POST at once: a proxy's cost without a
+runtime behind it), the gateway (``Gateway`` with a routing table fed directly, as in the unit
+tests) and, as the floor the issue names, a bare proxy (uvicorn with httptools and uvloop, one
+aiohttp connection pool, nothing else). Both proxies route ``noop`` to the agent and ``stub``
+to the stub. Every request carries the same 1 KiB JSON event over keep-alive connections.
 
-The servers (agent and its runtimes, stub, gateway) run on ``--python``: by default Debian's
-``/usr/bin/python3``, the interpreter of the platform and runtime images, with this venv's
-packages on its path (the images carry the same manylinux wheels). The clients run here.
+The servers (agent and its runtimes, stub, both proxies) run on ``--python``: by default
+Debian's ``/usr/bin/python3``, the interpreter of the platform and runtime images, with this
+venv's packages on its path (the images carry the same manylinux wheels). The clients run here.
 
-- concurrency 1: one blocking client, rounds alternating direct and through-the-gateway calls
-  (drift hits both alike); p50/p99 and the added p50 (target <= 0.3 ms).
-- concurrency 32: a uvloop load process with 32 connections, direct vs gateway, for the agent
-  and for the stub; latency percentiles and throughput. The machine's cores are shared by the
-  load process, the gateway and the upstream, so throughput is also given per CPU second the
-  gateway process used (``/proc/<pid>/stat``): the gateway's req/s per core (target >= 10k).
+- concurrency 1: one blocking client, rounds alternating direct, gateway and bare-proxy calls
+  (drift hits all alike); p50/p99 and the added p50 (target <= 0.3 ms).
+- concurrency 32: a uvloop load process with 32 connections, in rounds alternating direct,
+  gateway and bare proxy, to the agent and to the stub; latency percentiles, throughput and the
+  CPU the proxy process used (``/proc/<pid>/stat``). Twice: first with every process free to
+  run on every CPU (the proxy's CPU is taken from the runtimes), then with the proxy alone on
+  one CPU and the load and the upstreams on the others, as a gateway with its own CPU in a
+  cluster. Through the stub, the proxy is the bottleneck: its requests per CPU second are its
+  requests per second per core (target >= 10k).
 
 Results: bench/results/gateway_overhead_local-<UTC time>.json.
 """
@@ -41,7 +45,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httptools
+import uvicorn
 import uvloop
 from tests.unit.gateway.objects import add_function, add_slice
 from tests.unit.ports import free_port, free_port_range
@@ -119,6 +125,49 @@ def run_gateway(port: int, agent_port: int, stub_port: int) -> None:
         await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+def run_bare_proxy(port: int, agent_port: int, stub_port: int) -> None:
+    """The floor the issue names: uvicorn (httptools, uvloop) and one aiohttp connection pool,
+    forwarding the request body and answering with the upstream's status and body. No checks,
+    no headers relayed, no concurrency caps or metrics: the function name in the path picks
+    the upstream."""
+    sessions: list[aiohttp.ClientSession] = []
+    upstreams = {"noop": agent_port, "stub": stub_port}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not sessions:  # made in the server's loop
+            sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        upstream = upstreams[path.split("/")[3]]
+        async with sessions[0].post(f"http://127.0.0.1:{upstream}{path}", data=body) as reply:
+            payload = await reply.read()
+            status = reply.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
@@ -203,28 +252,31 @@ def sequential(port: int, function: str, count: int) -> list[float]:
     return out
 
 
-def load(port: int, function: str, requests: int, gateway_pid: int | None) -> dict[str, Any]:
-    before = cpu_seconds(gateway_pid) if gateway_pid else 0.0
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.gateway_overhead_local",
-            "--role",
-            "load",
-            str(port),
-            function,
-            str(LOAD_CONCURRENCY),
-            str(requests),
-        ],
+def load(
+    port: int,
+    function: str,
+    requests: int,
+    proxy_pid: int | None,
+    cpus: set[int] | None = None,
+) -> dict[str, Any]:
+    """Runs the load process (on ``cpus`` if given); with ``proxy_pid``, the CPU seconds
+    that process used meanwhile."""
+    before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    role = ["--role", "load", port, function, LOAD_CONCURRENCY, requests]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.gateway_overhead_local", *map(str, role)],
         env=env(),
-        capture_output=True,
-        check=True,
+        stdout=subprocess.PIPE,
         cwd=REPO,
-    ).stdout
+    )
+    if cpus is not None:
+        pin(proc.pid, cpus)  # before it has imported anything, let alone connected
+    output, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the load process failed ({proc.returncode})")
     result: dict[str, Any] = json.loads(output)
-    if gateway_pid:
-        result["gateway_cpu_s"] = cpu_seconds(gateway_pid) - before
+    if proxy_pid:
+        result["proxy_cpu_s"] = cpu_seconds(proxy_pid) - before
     return result
 
 
@@ -263,66 +315,145 @@ def start_agent(python: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+PROXIES = ("gateway", "bare proxy")
+
+
+def label(path: str, upstream: str = "agent") -> str:
+    return f"{upstream} {path}" if path == "direct" else f"{upstream} via {path}"
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pins a process, its threads and its descendants (the agent's runtimes) to ``cpus``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            continue
+        todo += children.get(current, [])
+
+
+def compare(
+    results: dict[str, Any],
+    section: str,
+    ports: dict[str, int],
+    pids: dict[str, int],
+    requests: int,
+    *,
+    load_cpus: set[int] | None = None,
+    rounds: int = 5,
+) -> None:
+    """Concurrency 32 to the agent and to the stub: direct and through each proxy, in
+    ``rounds`` alternating rounds (drift hits every path alike)."""
+    entries: dict[str, Any] = results.setdefault(section, {})
+    for upstream, function in (("agent", "noop"), ("stub", "stub")):
+        paths = ("direct", *PROXIES)
+        runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+        for _ in range(rounds):
+            for path in paths:
+                port = ports[upstream] if path == "direct" else ports[path]
+                runs[path].append(
+                    load(port, function, requests // rounds, pids.get(path), load_cpus)
+                )
+        for path in paths:
+            latencies = [value for run in runs[path] for value in run["latencies"]]
+            elapsed = sum(run["elapsed"] for run in runs[path])
+            statuses: dict[str, int] = {}
+            for run in runs[path]:
+                for status, count in run["statuses"].items():
+                    statuses[status] = statuses.get(status, 0) + count
+            entry = report_latency(label(path, upstream), latencies)
+            entry["rps"] = len(latencies) / elapsed
+            line = f"  {'':<28} {entry['rps']:,.0f} req/s, statuses {statuses}"
+            if path in pids:
+                cpu_s = sum(run["proxy_cpu_s"] for run in runs[path])
+                entry["proxy_cores"] = cpu_s / elapsed
+                entry["rps_per_cpu_s"] = len(latencies) / cpu_s
+                line += (
+                    f"; the {path} used {entry['proxy_cores']:.2f} cores,"
+                    f" {entry['rps_per_cpu_s']:,.0f} req per CPU second"
+                )
+            print(line)
+            entries[f"{upstream} {path}"] = entry
+        direct = entries[f"{upstream} direct"]
+        for path in PROXIES:
+            via = entries[f"{upstream} {path}"]
+            via["added_p50_ms"] = via["p50_ms"] - direct["p50_ms"]
+            via["added_p99_ms"] = via["p99_ms"] - direct["p99_ms"]
+            print(
+                f"  {upstream} via {path}: added p50 {via['added_p50_ms']:.3f} ms,"
+                f" p99 {via['added_p99_ms']:.3f} ms;"
+                f" throughput ratio {via['rps'] / direct['rps']:.2f}"
+            )
+
+
 def benchmark(requests: int, warmup: int, python: str) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {"servers_python": python_version(python)}
     print(f"servers on Python {results['servers_python']}, clients on {sys.executable}")
     with tempfile.TemporaryDirectory() as tmp:
-        agent_port, stub_port, gateway_port = free_port(), free_port(), free_port()
+        ports = {name: free_port() for name in ("agent", "stub", *PROXIES)}
         try:
-            procs.append(start_agent(python, Path(tmp), agent_port))
+            agent = start_agent(python, Path(tmp), ports["agent"])
+            procs.append(agent)
             role = ["-m", "bench.gateway_overhead_local", "--role"]
-            procs.append(start(python, [*role, "stub", str(stub_port)]))
-            ports = (gateway_port, agent_port, stub_port)
-            gateway = start(python, [*role, "gateway", *map(str, ports)])
-            procs.append(gateway)
-            for port in (agent_port, stub_port, gateway_port):
+            stub = start(python, [*role, "stub", str(ports["stub"])])
+            procs.append(stub)
+            upstreams = (str(ports["agent"]), str(ports["stub"]))
+            gateway = start(python, [*role, "gateway", str(ports["gateway"]), *upstreams])
+            bare = start(python, [*role, "bare-proxy", str(ports["bare proxy"]), *upstreams])
+            procs += (gateway, bare)
+            pids = {"gateway": gateway.pid, "bare proxy": bare.pid}
+            for port in ports.values():
                 wait_port(port)
-            wait_ready(agent_port)
+            wait_ready(ports["agent"])
 
             print(f"concurrency 1, {requests} sequential requests per path, 1 KiB event:")
-            direct: list[float] = []
-            through: list[float] = []
-            sequential(agent_port, "noop", warmup)
-            sequential(gateway_port, "noop", warmup)
+            c1: dict[str, list[float]] = {"direct": [], **{path: [] for path in PROXIES}}
+            for path in c1:
+                sequential(ports["agent" if path == "direct" else path], "noop", warmup)
             rounds = 10
             for _ in range(rounds):
-                direct += sequential(agent_port, "noop", requests // rounds)
-                through += sequential(gateway_port, "noop", requests // rounds)
-            results["c1_direct"] = report_latency("agent direct", direct)
-            results["c1_gateway"] = report_latency("agent via gateway", through)
-            added = statistics.median(through) - statistics.median(direct)
-            print(
-                f"  added by the gateway: p50 {ms(added)}"
-                f"  ratio {statistics.median(through) / statistics.median(direct):.2f}"
-            )
-            results["c1_added_p50_ms"] = added * 1000
+                for path, samples in c1.items():
+                    port = ports["agent" if path == "direct" else path]
+                    samples.extend(sequential(port, "noop", requests // rounds))
+            results["c1"] = {path: report_latency(label(path), c1[path]) for path in c1}
+            for path in PROXIES:
+                added = statistics.median(c1[path]) - statistics.median(c1["direct"])
+                results["c1"][path]["added_p50_ms"] = added * 1000
+                print(f"  added by the {path}: p50 {ms(added)}")
 
-            print(f"\nconcurrency {LOAD_CONCURRENCY}, {requests * 2} requests per path:")
-            load(gateway_port, "noop", warmup * 4, None)
-            for name, port, function, pid in (
-                ("agent direct", agent_port, "noop", None),
-                ("agent via gateway", gateway_port, "noop", gateway.pid),
-                ("stub direct", stub_port, "stub", None),
-                ("stub via gateway", gateway_port, "stub", gateway.pid),
-            ):
-                result = load(port, function, requests * 2, pid)
-                rps = len(result["latencies"]) / result["elapsed"]
-                entry = report_latency(name, result["latencies"])
-                entry["rps"] = rps
-                line = f"  {'':<28} {rps:,.0f} req/s, statuses {result['statuses']}"
-                if pid:
-                    per_core = len(result["latencies"]) / result["gateway_cpu_s"]
-                    entry["gateway_rps_per_cpu_s"] = per_core
-                    line += f", gateway {per_core:,.0f} req per CPU second"
-                print(line)
-                results[f"c32_{name.replace(' ', '_')}"] = entry
-            for upstream in ("agent", "stub"):
-                d, g = results[f"c32_{upstream}_direct"], results[f"c32_{upstream}_via_gateway"]
+            for path in PROXIES:
+                load(ports[path], "noop", warmup * 4, None)
+                load(ports[path], "stub", warmup * 4, None)
+            print(
+                f"\nconcurrency {LOAD_CONCURRENCY}, {requests * 4} requests per path,"
+                " every process on every CPU:"
+            )
+            compare(results, "c32_shared", ports, pids, requests * 4)
+
+            cpus = set(os.sched_getaffinity(0))
+            if len(cpus) >= 2:
+                proxy_cpus = {max(cpus)}
+                rest = cpus - proxy_cpus
                 print(
-                    f"  {upstream}: p50 ratio {g['p50_ms'] / d['p50_ms']:.2f},"
-                    f" throughput ratio {g['rps'] / d['rps']:.2f}"
+                    f"\nconcurrency {LOAD_CONCURRENCY}, the proxy alone on CPU {max(cpus)}, the"
+                    f" load and the upstreams on CPUs {sorted(rest)}:"
                 )
+                for proc in (agent, stub):
+                    pin(proc.pid, rest)
+                for pid in pids.values():
+                    pin(pid, proxy_cpus)
+                compare(results, "c32_own_core", ports, pids, requests * 4, load_cpus=rest)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -359,13 +490,16 @@ def main() -> None:
         default=str(IMAGE_PYTHON),
         help="interpreter of the servers (default: Debian's, as in the images)",
     )
-    parser.add_argument("--role", choices=("stub", "gateway", "load"), help=argparse.SUPPRESS)
+    roles = ("stub", "gateway", "bare-proxy", "load")
+    parser.add_argument("--role", choices=roles, help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "stub":
         run_stub(int(args.role_args[0]))
     elif args.role == "gateway":
         run_gateway(*(int(a) for a in args.role_args))
+    elif args.role == "bare-proxy":
+        run_bare_proxy(*(int(a) for a in args.role_args))
     elif args.role == "load":
         port, function, concurrency, requests = args.role_args
         run_load(int(port), function, int(concurrency), int(requests))
