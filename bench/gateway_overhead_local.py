@@ -130,14 +130,21 @@ def run_gateway(port: int, agent_port: int, stub_port: int) -> None:
 def run_bare_proxy(port: int, agent_port: int, stub_port: int) -> None:
     """The floor the issue names: uvicorn (httptools, uvloop) and one aiohttp connection pool,
     forwarding the request body and answering with the upstream's status and body. No checks,
-    no headers relayed, no concurrency caps or metrics: the function name in the path picks
-    the upstream."""
+    no headers relayed, no timeouts, cookies, concurrency caps or metrics: the function name in
+    the path picks the upstream."""
     sessions: list[aiohttp.ClientSession] = []
     upstreams = {"noop": agent_port, "stub": stub_port}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not sessions:  # made in the server's loop
-            sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        if not sessions:  # made in the server's loop; as lean as aiohttp gets
+            sessions.append(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0),
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    timeout=aiohttp.ClientTimeout(total=None),
+                    skip_auto_headers=("User-Agent",),
+                )
+            )
         body = b""
         while True:
             message = await receive()

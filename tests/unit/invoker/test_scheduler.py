@@ -9,6 +9,7 @@ import heapq
 import json
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,12 @@ class VirtualTime:
             await settle()
         self.now = end
         await settle()
+
+
+def run(scenario: Coroutine[Any, Any, None], timeout_s: float = 120) -> None:
+    """Runs a scenario. One stuck on an await fails, its traceback showing where, instead of
+    holding up the whole test run (one did so once, in a CI run)."""
+    asyncio.run(asyncio.wait_for(scenario, timeout_s))
 
 
 async def settle() -> None:
@@ -167,7 +174,7 @@ def test_fires_at_each_time_with_the_scheduled_event(time_: VirtualTime) -> None
         }
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_input_and_qualifier(time_: VirtualTime) -> None:
@@ -185,7 +192,7 @@ def test_input_and_qualifier(time_: VirtualTime) -> None:
         assert (event.qualifier, event.payload) == ("live", b'{"a": 1}')
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_after_an_outage_the_latest_missed_time_fires_once(time_: VirtualTime) -> None:
@@ -202,7 +209,7 @@ def test_after_an_outage_the_latest_missed_time_fires_once(time_: VirtualTime) -
         assert broker.fire_times() == [0, 10]
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 @pytest.mark.parametrize(
@@ -225,7 +232,7 @@ def test_without_matching_state_the_schedule_starts_now(
         assert broker.fire_times() == [10]
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_changes_while_running(time_: VirtualTime) -> None:
@@ -268,7 +275,7 @@ def test_changes_while_running(time_: VirtualTime) -> None:
         assert store.states == {}
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_failed_fire_is_retried_until_a_newer_one_is_due(time_: VirtualTime) -> None:
@@ -294,7 +301,7 @@ def test_failed_fire_is_retried_until_a_newer_one_is_due(time_: VirtualTime) -> 
         assert broker.fire_times() == [10, 30]
         await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 # --- with a real nats-server -----------------------------------------------------------------
@@ -347,7 +354,7 @@ def test_replicas_fire_once_and_a_restart_does_not_fire_again(nats_server: NatsS
         for broker in brokers:
             await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_scheduled_events_take_the_async_path(nats_server: NatsServer) -> None:
@@ -374,4 +381,4 @@ def test_scheduled_events_take_the_async_path(nats_server: NatsServer) -> None:
             assert call.request_id == bodies[0]["id"]
             await scheduler.stop()
 
-    asyncio.run(scenario())
+    run(scenario())
