@@ -64,6 +64,7 @@ assert 1000 < len(PAYLOAD) <= 1024
 NOOP = "def handler(event, context):\n    return {}\n"
 INVOKE = "/2015-03-31/functions/{}/invocations"
 LOAD_CONCURRENCY = 32
+WARMUP_PER_CONNECTION = 3
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
@@ -177,8 +178,11 @@ def run_bare_proxy(port: int, agent_port: int, stub_port: int) -> None:
     )
 
 
-def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
-    """Keep-alive load from ``concurrency`` connections; prints latencies (s) as JSON."""
+def run_load(port: int, function: str, concurrency: int, requests: int, proxy_pid: int = 0) -> None:
+    """Keep-alive load from ``concurrency`` connections; prints latencies (s) as JSON, and the
+    CPU seconds ``proxy_pid`` used meanwhile. Each connection's first ``WARMUP_PER_CONNECTION``
+    requests are not counted, and the counted ones begin together once every connection is
+    warm: the connections' set-up is not a latency."""
     head = (
         f"POST {INVOKE.format(function)} HTTP/1.1\r\nHost: x\r\n"
         f"Content-Length: {len(PAYLOAD)}\r\n\r\n"
@@ -186,6 +190,9 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
     request = head + PAYLOAD
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    warm: list[Conn] = []
+    started = [0.0]
+    proxy_cpu = [0.0]
 
     class Conn(asyncio.Protocol):
         def __init__(self, done: asyncio.Future[None]) -> None:
@@ -193,6 +200,7 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
             self.done = done
             self.transport: Any = None
             self.sent = 0.0
+            self.warmup = WARMUP_PER_CONNECTION
 
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
@@ -206,6 +214,18 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
             self.parser.feed_data(data)
 
         def on_message_complete(self) -> None:
+            if self.warmup:
+                self.warmup -= 1
+                if self.warmup:
+                    self.send()
+                    return
+                warm.append(self)
+                if len(warm) == concurrency:
+                    proxy_cpu[0] = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+                    started[0] = time.perf_counter()
+                    for conn in warm:
+                        conn.send()
+                return
             latencies.append(time.perf_counter() - self.sent)
             status = self.parser.get_status_code()
             statuses[status] = statuses.get(status, 0) + 1
@@ -218,19 +238,23 @@ def run_load(port: int, function: str, concurrency: int, requests: int) -> None:
     async def main() -> float:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        started = time.perf_counter()
         conns = [
             (await loop.create_connection(lambda: Conn(done), "127.0.0.1", port))[1]
             for _ in range(concurrency)
         ]
         await done
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started[0]
+        if proxy_pid:
+            proxy_cpu[0] = cpu_seconds(proxy_pid) - proxy_cpu[0]
         for conn in conns:
             conn.transport.close()
         return elapsed
 
     elapsed = uvloop.run(main())
-    print(json.dumps({"latencies": latencies, "elapsed": elapsed, "statuses": statuses}))
+    result = {"latencies": latencies, "elapsed": elapsed, "statuses": statuses}
+    if proxy_pid:
+        result["proxy_cpu_s"] = proxy_cpu[0]
+    print(json.dumps(result))
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -266,10 +290,9 @@ def load(
     proxy_pid: int | None,
     cpus: set[int] | None = None,
 ) -> dict[str, Any]:
-    """Runs the load process (on ``cpus`` if given); with ``proxy_pid``, the CPU seconds
-    that process used meanwhile."""
-    before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    role = ["--role", "load", port, function, LOAD_CONCURRENCY, requests]
+    """Runs the load process (on ``cpus`` if given); with ``proxy_pid``, the result has the
+    CPU seconds that process used while the counted requests ran."""
+    role = ["--role", "load", port, function, LOAD_CONCURRENCY, requests, proxy_pid or 0]
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.gateway_overhead_local", *map(str, role)],
         env=env(),
@@ -282,8 +305,6 @@ def load(
     if proc.returncode:
         raise RuntimeError(f"the load process failed ({proc.returncode})")
     result: dict[str, Any] = json.loads(output)
-    if proxy_pid:
-        result["proxy_cpu_s"] = cpu_seconds(proxy_pid) - before
     return result
 
 
@@ -508,8 +529,8 @@ def main() -> None:
     elif args.role == "bare-proxy":
         run_bare_proxy(*(int(a) for a in args.role_args))
     elif args.role == "load":
-        port, function, concurrency, requests = args.role_args
-        run_load(int(port), function, int(concurrency), int(requests))
+        port, function, concurrency, requests, proxy_pid = args.role_args
+        run_load(int(port), function, int(concurrency), int(requests), int(proxy_pid))
     else:
         results = benchmark(args.requests, args.warmup, args.python)
         RESULTS.mkdir(exist_ok=True)
