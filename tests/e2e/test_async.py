@@ -257,6 +257,7 @@ def test_reserved_zero_goes_to_dlq_then_redrive_succeeds(
         **{"async": {"maximumEventAgeSeconds": 60, "onSuccess": {"url": sink.url}}},
     )
     apply(manifest, ns)
+    wait_until_routable(ns, "parked")
     ids = send_events(lam, "parked", [{"n": i} for i in range(5)])
     dlq = Dlq()
 
