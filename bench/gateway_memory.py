@@ -63,7 +63,7 @@ def objects(functions: int, routes: int) -> dict[str, list[dict[str, Any]]]:
 
 
 class FakeApi:
-    """Lists, then watch streams that stay open and quiet."""
+    """Lists, then watch streams that stay open and quiet; no Secrets."""
 
     def __init__(self, listed: dict[str, list[dict[str, Any]]]) -> None:
         self.listed = listed
@@ -80,8 +80,15 @@ class FakeApi:
             await response.prepare(request)
             await asyncio.sleep(3600)
             return response
+        if "/secrets/" in request.path:  # no access keys in the namespace: calls unsigned
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
         items = self.listed.get(request.path, [])
         return web.json_response({"metadata": {"resourceVersion": "1"}, "items": items})
+
+
+def dry_run_status(request: urllib.request.Request) -> int:
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return int(reply.status)
 
 
 def rss_mib(pid: int) -> float:
@@ -139,8 +146,10 @@ async def measure(functions: int, routes: int, work: Path) -> float:
                 data=b"{}",
                 headers={"X-Amz-Invocation-Type": "DryRun"},
             )
-            with urllib.request.urlopen(dry_run, timeout=5) as reply:
-                assert reply.status == 204, reply.status
+            # In a thread: the gateway reads the namespace's access keys from the fake API,
+            # which answers on this loop.
+            status = await asyncio.to_thread(dry_run_status, dry_run)
+            assert status == 204, status
         await asyncio.sleep(2)  # let the allocator settle after the lists
         return rss_mib(gateway.pid)
     finally:
