@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -86,8 +87,15 @@ def env() -> dict[str, str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of all of a process's threads, in nanoseconds' resolution (``schedstat``;
+    ``stat``'s utime and stime move in 10 ms steps, a tenth of a short round's)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -157,13 +165,11 @@ def run_bare_proxy(port: int, agent_port: int, stub_port: int) -> None:
         async with sessions[0].post(f"http://127.0.0.1:{upstream}{path}", data=body) as reply:
             payload = await reply.read()
             status = reply.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     uvicorn.run(
@@ -174,6 +180,8 @@ def run_bare_proxy(port: int, agent_port: int, stub_port: int) -> None:
         http="httptools",
         lifespan="off",
         access_log=False,
+        server_header=False,
+        date_header=False,
         log_level="warning",
     )
 
@@ -212,6 +220,10 @@ def run_load(port: int, function: str, concurrency: int, requests: int, proxy_pi
 
         def data_received(self, data: bytes) -> None:
             self.parser.feed_data(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.done.done():  # closed by the server before the load was through
+                self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
 
         def on_message_complete(self) -> None:
             if self.warmup:
@@ -301,7 +313,7 @@ def load(
     )
     if cpus is not None:
         pin(proc.pid, cpus)  # before it has imported anything, let alone connected
-    output, _ = proc.communicate()
+    output, _ = proc.communicate(timeout=300)
     if proc.returncode:
         raise RuntimeError(f"the load process failed ({proc.returncode})")
     result: dict[str, Any] = json.loads(output)
@@ -362,12 +374,16 @@ def pin(pid: int, cpus: set[int]) -> None:
     todo = [pid]
     while todo:
         current = todo.pop()
-        try:
-            for task in Path(f"/proc/{current}/task").iterdir():
-                os.sched_setaffinity(int(task.name), cpus)
-        except OSError:
-            continue
         todo += children.get(current, [])
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # gone meanwhile
+        for task in tasks:
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except OSError:
+                continue  # the thread ended meanwhile
 
 
 def compare(
@@ -390,7 +406,7 @@ def compare(
             for path in paths:
                 port = ports[upstream] if path == "direct" else ports[path]
                 runs[path].append(
-                    load(port, function, requests // rounds, pids.get(path), load_cpus)
+                    load(port, function, max(1, requests // rounds), pids.get(path), load_cpus)
                 )
         for path in paths:
             latencies = [value for run in runs[path] for value in run["latencies"]]
@@ -399,13 +415,16 @@ def compare(
             for run in runs[path]:
                 for status, count in run["statuses"].items():
                     statuses[status] = statuses.get(status, 0) + count
-            entry = report_latency(label(path, upstream), latencies)
+            if set(statuses) != {"200"}:  # a failed request's latency is no proxy's cost
+                raise RuntimeError(f"{label(path, upstream)}: statuses {statuses}")
+            entry: dict[str, Any] = report_latency(label(path, upstream), latencies)
+            entry["statuses"] = statuses
             entry["rps"] = len(latencies) / elapsed
             line = f"  {'':<28} {entry['rps']:,.0f} req/s, statuses {statuses}"
             if path in pids:
                 cpu_s = sum(run["proxy_cpu_s"] for run in runs[path])
                 entry["proxy_cores"] = cpu_s / elapsed
-                entry["rps_per_cpu_s"] = len(latencies) / cpu_s
+                entry["rps_per_cpu_s"] = len(latencies) / cpu_s if cpu_s else math.nan
                 line += (
                     f"; the {path} used {entry['proxy_cores']:.2f} cores,"
                     f" {entry['rps_per_cpu_s']:,.0f} req per CPU second"

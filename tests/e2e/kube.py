@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import boto3
 import yaml
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 
 T = TypeVar("T")
 PLATFORM_NAMESPACE = "kubelambda-system"
@@ -189,14 +190,17 @@ def wait_until_routable(namespace: str, function: str, timeout: float = 60) -> N
     A Function just applied reaches each gateway through its watch; a request sent before that
     gets a 404, which is right for the gateway but a race for a test that sends at once.
     """
-    clients = [lambda_client(namespace, gateway=url) for url in gateway_pod_urls()]
 
     def routable() -> bool:
-        for client in clients:
+        urls = gateway_pod_urls()  # listed again each time: replicas may be restarting
+        if not urls:
+            return False
+        for url in urls:
+            client = lambda_client(namespace, gateway=url)
             try:
                 client.invoke(FunctionName=function, InvocationType="DryRun")
-            except client.exceptions.ResourceNotFoundException:
-                return False
+            except (client.exceptions.ResourceNotFoundException, BotoCoreError):
+                return False  # not seen yet, or the pod went away meanwhile
         return True
 
     wait_until(routable, timeout, f"every gateway routes {namespace}/{function}")
