@@ -86,13 +86,9 @@ class FakeApi:
         return web.json_response({"metadata": {"resourceVersion": "1"}, "items": items})
 
 
-def ready(url: str) -> None:
-    with urllib.request.urlopen(url, timeout=1):
-        pass
-
-
-def dry_run_status(request: urllib.request.Request) -> int:
-    with urllib.request.urlopen(request, timeout=10) as reply:
+def http_status(request: str | urllib.request.Request, timeout: float) -> int:
+    """Blocking: run it in a thread (the fake API answers on the event loop)."""
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
         return int(reply.status)
 
 
@@ -136,8 +132,8 @@ async def measure(functions: int, routes: int, work: Path) -> float:
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:  # in a thread, as the DryRun below
-                await asyncio.to_thread(ready, f"http://127.0.0.1:{gateway_port}/readyz")
+            try:
+                await asyncio.to_thread(http_status, f"http://127.0.0.1:{gateway_port}/readyz", 1)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -153,7 +149,7 @@ async def measure(functions: int, routes: int, work: Path) -> float:
             )
             # In a thread: the gateway reads the namespace's access keys from the fake API,
             # which answers on this loop.
-            status = await asyncio.to_thread(dry_run_status, dry_run)
+            status = await asyncio.to_thread(http_status, dry_run, 10)
             assert status == 204, status
         await asyncio.sleep(2)  # let the allocator settle after the lists
         return rss_mib(gateway.pid)

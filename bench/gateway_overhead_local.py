@@ -362,6 +362,11 @@ def label(path: str, upstream: str = "agent") -> str:
     return f"{upstream} {path}" if path == "direct" else f"{upstream} via {path}"
 
 
+def port_of(ports: dict[str, int], path: str, upstream: str = "agent") -> int:
+    """Where a request on ``path`` (direct, or a proxy's name) to ``upstream`` goes first."""
+    return ports[upstream if path == "direct" else path]
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Pins a process, its threads and its descendants (the agent's runtimes) to ``cpus``."""
     children: dict[int, list[int]] = {}
@@ -404,7 +409,7 @@ def compare(
         runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         for _ in range(rounds):
             for path in paths:
-                port = ports[upstream] if path == "direct" else ports[path]
+                port = port_of(ports, path, upstream)
                 runs[path].append(
                     load(port, function, max(1, requests // rounds), pids.get(path), load_cpus)
                 )
@@ -467,12 +472,11 @@ def benchmark(requests: int, warmup: int, python: str) -> dict[str, Any]:
             print(f"concurrency 1, {requests} sequential requests per path, 1 KiB event:")
             c1: dict[str, list[float]] = {"direct": [], **{path: [] for path in PROXIES}}
             for path in c1:
-                sequential(ports["agent" if path == "direct" else path], "noop", warmup)
+                sequential(port_of(ports, path), "noop", warmup)
             rounds = 10
             for _ in range(rounds):
                 for path, samples in c1.items():
-                    port = ports["agent" if path == "direct" else path]
-                    samples.extend(sequential(port, "noop", requests // rounds))
+                    samples.extend(sequential(port_of(ports, path), "noop", requests // rounds))
             results["c1"] = {path: report_latency(label(path), c1[path]) for path in c1}
             for path in PROXIES:
                 added = statistics.median(c1[path]) - statistics.median(c1["direct"])

@@ -191,12 +191,16 @@ def wait_until_routable(namespace: str, function: str, timeout: float = 60) -> N
     gets a 404, which is right for the gateway but a race for a test that sends at once.
     """
 
+    clients: dict[str, Any] = {}  # by gateway pod URL, made once each
+
     def routable() -> bool:
         urls = gateway_pod_urls()  # listed again each time: replicas may be restarting
         if not urls:
             return False
         for url in urls:
-            client = lambda_client(namespace, gateway=url)
+            if url not in clients:
+                clients[url] = lambda_client(namespace, gateway=url)
+            client = clients[url]
             try:
                 client.invoke(FunctionName=function, InvocationType="DryRun")
             except (client.exceptions.ResourceNotFoundException, BotoCoreError):
